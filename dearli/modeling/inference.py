@@ -1,0 +1,111 @@
+"""THE panoptic and semantic post-processing of one image's queries.
+
+Used by the model at evaluation and by the teacher for pseudo-labels (method §1.6):
+
+1. score, label = max / argmax of the class distribution over C+1 (last = void);
+2. keep a query when label != void and score > ``object_threshold``;
+3. each pixel goes to argmax over kept queries of score * sigmoid(mask logit); the segment of a
+   query is {pixels assigned to it with sigmoid >= 0.5};
+4. drop a segment when visible / full area < ``overlap_threshold`` (full area = sigmoid >= 0.5
+   anywhere), or when it is empty;
+5. stuff segments of one class share an id, thing segments get one id each; ids are 1..n in the
+   order of the first query of each segment; 0 = no segment.
+"""
+from typing import Collection, Dict, List, Tuple
+
+import torch
+
+
+def panoptic_inference(
+    class_scores: torch.Tensor,
+    mask_logits: torch.Tensor,
+    thing_ids: Collection[int],
+    object_threshold: float,
+    overlap_threshold: float,
+) -> Tuple[torch.Tensor, List[Dict]]:
+    """Panoptic segmentation of one image.
+
+    Args:
+        class_scores: [Q, C+1] class logits or log-probabilities (softmax makes them the same
+            distribution); the last column is void.
+        mask_logits: [Q, H, W] mask logits at the output resolution.
+        thing_ids: contiguous class ids that are things.
+        object_threshold, overlap_threshold: the rules 2 and 4 above.
+    Returns:
+        (pan_seg int32 [H, W], segments_info: list of {"id", "category_id", "isthing", "score"}).
+        A merged stuff segment's score is the largest score of its queries.
+    """
+    num_classes = class_scores.shape[-1] - 1
+    scores, labels = class_scores.float().softmax(-1).max(-1)
+    keep = (labels != num_classes) & (scores > object_threshold)
+    height, width = mask_logits.shape[-2:]
+    pan_seg = torch.zeros((height, width), dtype=torch.int32, device=mask_logits.device)
+    if not keep.any():
+        return pan_seg, []
+    scores, labels = scores[keep], labels[keep]
+    mask_probs = mask_logits[keep].float().sigmoid()  # [K, H, W]
+    owner = (scores[:, None, None] * mask_probs).argmax(0)  # [H, W] index into kept queries
+    full = mask_probs >= 0.5
+    visible = full & (owner[None] == torch.arange(len(scores), device=owner.device)[:, None, None])
+    full_area, visible_area = full.sum((1, 2)), visible.sum((1, 2))
+    # Same float64 ratio as the reference, so segments exactly at the threshold behave the same.
+    visible_fraction = visible_area.double() / full_area.double().clamp(min=1)
+    survives = (visible_area > 0) & (visible_fraction >= overlap_threshold)
+    if not survives.any():
+        return pan_seg, []
+
+    is_thing = _is_thing(labels, thing_ids)
+    segment_of_query, num_segments = _segment_ids(labels, is_thing, survives, num_classes)
+    # Pixel -> its owner's segment id, only where the owner's own mask is on (0 elsewhere).
+    owner_is_on = full.gather(0, owner[None])[0]
+    pan_seg = torch.where(owner_is_on, segment_of_query[owner], pan_seg).to(torch.int32)
+    return pan_seg, _segments_info(segment_of_query, num_segments, labels, is_thing, scores)
+
+
+def semantic_inference(class_scores: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
+    """Per-class scores [C, H, W] = sum over queries of p[q, c] * sigmoid(mask_q); void dropped."""
+    class_probs = class_scores.float().softmax(-1)[:, :-1]
+    return torch.einsum("qc,qhw->chw", class_probs, mask_logits.float().sigmoid())
+
+
+def _is_thing(labels: torch.Tensor, thing_ids: Collection[int]) -> torch.Tensor:
+    thing_table = torch.zeros(int(labels.max()) + 1, dtype=torch.bool)
+    known = [i for i in thing_ids if 0 <= i < len(thing_table)]
+    thing_table[known] = True
+    return thing_table.to(labels.device)[labels]
+
+
+def _segment_ids(labels, is_thing, survives, num_classes: int):
+    """Segment id (1..n, 0 = dropped) of every kept query, and the number n of segments.
+
+    A segment key is the class for stuff and ``num_classes + query position`` for a thing, so stuff
+    queries of one class share a key. Ids follow the position of each key's first query.
+    """
+    positions = torch.arange(len(labels), device=labels.device)
+    keys = torch.where(is_thing, num_classes + positions, labels)[survives]
+    unique_keys, key_index = torch.unique(keys, return_inverse=True)
+    first_position = torch.full((len(unique_keys),), len(labels), dtype=torch.int64, device=labels.device)
+    first_position = first_position.scatter_reduce(0, key_index, positions[survives], reduce="amin")
+    rank = torch.empty_like(first_position)
+    rank[first_position.argsort()] = torch.arange(len(unique_keys), device=labels.device)
+    segment_of_query = torch.zeros(len(labels), dtype=torch.int32, device=labels.device)
+    segment_of_query[survives] = (rank[key_index] + 1).to(torch.int32)
+    return segment_of_query, len(unique_keys)
+
+
+def _segments_info(segment_of_query, num_segments: int, labels, is_thing, scores) -> List[Dict]:
+    segment = segment_of_query.long() - 1
+    member = segment >= 0
+    best_score = scores.new_zeros(num_segments).scatter_reduce(
+        0, segment[member], scores[member], reduce="amax", include_self=False
+    )
+    # Any member query gives the segment's class and kind.
+    first_member = torch.zeros(num_segments, dtype=torch.int64, device=labels.device)
+    first_member[segment[member]] = torch.nonzero(member)[:, 0]
+    rows = zip(
+        labels[first_member].tolist(), is_thing[first_member].tolist(), best_score.tolist()
+    )
+    return [
+        {"id": i + 1, "category_id": int(c), "isthing": bool(t), "score": float(s)}
+        for i, (c, t, s) in enumerate(rows)
+    ]
