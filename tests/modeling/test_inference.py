@@ -127,13 +127,14 @@ def _loop_panoptic(class_logits, mask_logits, thing_ids, object_threshold, overl
     return pan, info
 
 
+@pytest.mark.parametrize("overlap_threshold", [0.25, 0.6])
 @pytest.mark.parametrize("seed", range(6))
-def test_matches_a_plain_loop_over_queries_on_random_inputs(seed):
+def test_matches_a_plain_loop_over_queries_on_random_inputs(seed, overlap_threshold):
     g = torch.Generator().manual_seed(seed)
     class_logits = torch.randn(12, 6, generator=g) * 2
     mask_logits = torch.randn(12, 9, 11, generator=g) * 4
     thing_ids = {0, 2}
-    pan, info = panoptic_inference(class_logits, mask_logits, thing_ids, 0.2, 0.6)
-    expected_pan, expected_info = _loop_panoptic(class_logits, mask_logits, thing_ids, 0.2, 0.6)
+    pan, info = panoptic_inference(class_logits, mask_logits, thing_ids, 0.2, overlap_threshold)
+    expected_pan, expected_info = _loop_panoptic(class_logits, mask_logits, thing_ids, 0.2, overlap_threshold)
     assert torch.equal(pan, expected_pan)
     assert [{k: s[k] for k in ("id", "category_id", "isthing")} for s in info] == expected_info
