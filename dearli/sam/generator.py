@@ -1,0 +1,195 @@
+"""SAM automatic masks as class-agnostic pseudo-labels: a thin layer over segment_anything.
+
+- ``build_sam(model_type, checkpoint)``: a ``segment_anything`` model (``vit_b``/``vit_l``/
+  ``vit_h``) or the tiny test model (``dearli_tiny``), with a checkpoint loaded safely
+  (``weights_only``) and checked against the model type *before* the big model is built: a
+  checkpoint of another type fails with an error that names the file and the type it fits.
+- ``GeneratorSettings``: the AMG parameters the paper sets (32 points per side, predicted-IoU
+  0.88, stability 0.95; everything else at SAM's defaults, as in the reference) plus
+  ``points_per_batch`` (memory only: it does not change the masks).
+- ``SamMaskGenerator.generate(image)``: one RGB image -> list of annotations in the schema of
+  ``dearli.data.sam_format`` (COCO RLE, area, bbox, predicted IoU, stability score, point).
+
+On a GPU, segment_anything keeps the per-batch post-processing (mask upsampling, IoU and
+stability filtering, box NMS, change-point search of the RLE) on the device; only the final
+run lengths are copied to the host.
+"""
+import hashlib
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
+
+from dearli.data.sam_format import settings_dirname
+
+from .tiny import TINY_MODEL_TYPE, build_tiny_sam
+
+logger = logging.getLogger(__name__)
+
+# Model type -> builder called without arguments (weights are loaded by ``build_sam``).
+SAM_BUILDERS = {
+    "vit_b": sam_model_registry["vit_b"],
+    "vit_l": sam_model_registry["vit_l"],
+    "vit_h": sam_model_registry["vit_h"],
+    TINY_MODEL_TYPE: build_tiny_sam,
+}
+
+
+class SamCheckpointError(ValueError):
+    """A SAM checkpoint cannot be read or does not fit the requested model type."""
+
+
+@dataclass(frozen=True)
+class GeneratorSettings:
+    """The ``SamAutomaticMaskGenerator`` parameters dearli exposes (paper values as defaults)."""
+
+    points_per_side: int = 32
+    pred_iou_thresh: float = 0.88
+    stability_score_thresh: float = 0.95
+    points_per_batch: int = 256
+
+    @classmethod
+    def from_config(cls, cfg):
+        return cls(
+            points_per_side=cfg.SAM.POINTS_PER_SIDE,
+            pred_iou_thresh=cfg.SAM.PRED_IOU_THRESH,
+            stability_score_thresh=cfg.SAM.STABILITY_SCORE_THRESH,
+            points_per_batch=cfg.SAM.POINTS_PER_BATCH,
+        )
+
+    def label_subdir(self, model_type):
+        """Folder (relative to a label root) for masks of ``model_type`` made with these settings."""
+        return settings_dirname(model_type, self.points_per_side, self.pred_iou_thresh, self.stability_score_thresh)
+
+    def mask_defining(self):
+        """The parameters that determine the masks (recorded in meta.json; batch size excluded)."""
+        params = asdict(self)
+        del params["points_per_batch"]
+        return params
+
+
+# ----------------------------------------------------------------------------- model + checkpoint
+def _builder(model_type):
+    if model_type not in SAM_BUILDERS:
+        raise KeyError(f"unknown SAM model type {model_type!r}; known: {', '.join(sorted(SAM_BUILDERS))}")
+    return SAM_BUILDERS[model_type]
+
+
+def _expected_shapes(model_type):
+    """{key: shape} of a model type's state dict, built on the meta device (no memory, fast)."""
+    with torch.device("meta"):
+        model = _builder(model_type)()
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _mismatches(expected, state_dict):
+    """Human-readable differences between expected shapes and a loaded state dict."""
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong_shape = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {expected[k]}"
+        for k in sorted(set(expected) & set(state_dict))
+        if tuple(state_dict[k].shape) != expected[k]
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+    if wrong_shape:
+        problems.append(f"{len(wrong_shape)} shape mismatches (e.g. {wrong_shape[0]})")
+    return problems
+
+
+def load_sam_state_dict(checkpoint):
+    """The tensors of a SAM checkpoint (a plain state dict, as Meta releases them)."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise SamCheckpointError(f"SAM checkpoint {path} does not exist")
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and safety errors all mean "not a readable checkpoint"
+        raise SamCheckpointError(f"cannot read SAM checkpoint {path}: {e}") from e
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise SamCheckpointError(f"{path} is not a SAM state dict (expected a dict of tensors)")
+    return state_dict
+
+
+def check_checkpoint_fits(model_type, state_dict, checkpoint):
+    """Raise ``SamCheckpointError`` if ``state_dict`` does not fit ``model_type`` (names the type it fits)."""
+    problems = _mismatches(_expected_shapes(model_type), state_dict)
+    if not problems:
+        return
+    fitting = [t for t in SAM_BUILDERS if t != model_type and not _mismatches(_expected_shapes(t), state_dict)]
+    hint = f"it fits model type {fitting[0]!r}; pass that instead" if fitting else "it fits no known SAM model type"
+    raise SamCheckpointError(
+        f"SAM checkpoint {checkpoint} does not fit model type {model_type!r}: {'; '.join(problems)}; {hint}"
+    )
+
+
+def build_sam(model_type, checkpoint=None, device="cpu"):
+    """A SAM model of ``model_type`` in eval mode on ``device``, with weights from ``checkpoint``.
+
+    Without a checkpoint the weights are random (the tiny test model, or benchmarks of speed).
+    """
+    state_dict = None
+    if checkpoint:
+        state_dict = load_sam_state_dict(checkpoint)
+        check_checkpoint_fits(model_type, state_dict, checkpoint)
+    model = _builder(model_type)()
+    if state_dict is not None:
+        model.load_state_dict(state_dict)
+    return model.to(device).eval()
+
+
+def file_sha256(path, chunk_bytes=1 << 24):
+    """Hex sha256 of a file (recorded in meta.json so labels of different checkpoints never mix)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(chunk_bytes), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- generation
+def _to_annotation(raw):
+    """One segment_anything output record -> dearli.data.sam_format annotation."""
+    return {
+        "segmentation": {"size": [int(s) for s in raw["segmentation"]["size"]], "counts": raw["segmentation"]["counts"]},
+        "area": int(raw["area"]),
+        "bbox": [float(v) for v in raw["bbox"]],
+        "predicted_iou": float(raw["predicted_iou"]),
+        "stability_score": float(raw["stability_score"]),
+        "point_coords": [[float(x), float(y)] for x, y in raw["point_coords"]],
+    }
+
+
+class SamMaskGenerator:
+    """Automatic masks of one image at a time, as annotations of the dearli pseudo-label format."""
+
+    def __init__(self, model, settings=GeneratorSettings()):
+        self.settings = settings
+        self._amg = SamAutomaticMaskGenerator(
+            model,
+            points_per_side=settings.points_per_side,
+            points_per_batch=settings.points_per_batch,
+            pred_iou_thresh=settings.pred_iou_thresh,
+            stability_score_thresh=settings.stability_score_thresh,
+            output_mode="coco_rle",
+        )
+
+    @classmethod
+    def from_config(cls, cfg, device="cpu"):
+        model = build_sam(cfg.SAM.MODEL_TYPE, cfg.SAM.CHECKPOINT or None, device)
+        return cls(model, GeneratorSettings.from_config(cfg))
+
+    def generate(self, image):
+        """Annotations (COCO RLE + scores) of an RGB uint8 HxWx3 image, in SAM's output order."""
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected an RGB uint8 HxWx3 image, got {image.dtype} {image.shape}")
+        with torch.inference_mode():
+            raw_masks = self._amg.generate(image)
+        return [_to_annotation(raw) for raw in raw_masks]
