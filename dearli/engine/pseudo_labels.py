@@ -1,0 +1,197 @@
+"""Teacher panoptic predictions -> student targets, with the CutMix of images and pseudo-labels.
+
+A pseudo-label is held as a :class:`PanopticLabel`: an id map (0 = no segment, k = segment k) and
+per-segment class / thing flag / teacher score tables. CutMix (dearli_method.md §2.4, UniMatch
+style: the teacher is not re-run on the mixed image):
+
+1. partner segment ids are offset by the main image's segment count;
+2. inside the box the partner's ids (and its "no segment" pixels) overwrite the main image's;
+3. stuff segments of the same class coming from the two images merge into one target, thing
+   segments stay separate instances;
+4. segments that vanished (no pixel left) are removed and ids are made contiguous again.
+
+Everything is tensor arithmetic over the whole id map (``torch.unique`` groups segments, lookup
+tables remap ids); there is no Python loop over segments. The reference's dead "confidence map"
+and per-pixel-logit tensors (§6 B6) are not produced; the per-segment teacher score is kept and
+becomes ``segment_weights`` only when MODEL.MASK_FORMER.PSEUDO_CONFIDENCE_WEIGHTING asks for it.
+"""
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from detectron2.structures import Instances
+
+
+@dataclass
+class PanopticLabel:
+    """One image's pseudo-label: ``seg`` int64 [H, W] with ids 0..N (0 = none) and [N] tables."""
+
+    seg: torch.Tensor
+    classes: torch.Tensor
+    isthing: torch.Tensor
+    scores: torch.Tensor
+
+    @property
+    def num_segments(self) -> int:
+        return len(self.classes)
+
+
+def label_from_prediction(pan_seg: torch.Tensor, segments_info: Sequence[Dict]) -> PanopticLabel:
+    """A :class:`PanopticLabel` from a panoptic prediction (``segments_info`` ids need not be contiguous).
+
+    Pixels whose id is not listed in ``segments_info`` become "no segment".
+    """
+    device = pan_seg.device
+    ids = torch.tensor([int(s["id"]) for s in segments_info], dtype=torch.int64, device=device)
+    classes = torch.tensor([int(s["category_id"]) for s in segments_info], dtype=torch.int64, device=device)
+    isthing = torch.tensor([bool(s["isthing"]) for s in segments_info], dtype=torch.bool, device=device)
+    scores = torch.tensor([float(s.get("score", 1.0)) for s in segments_info], dtype=torch.float32, device=device)
+    seg = pan_seg.to(torch.int64)
+    if len(ids) and (ids.min() < 1):
+        raise ValueError(f"segment ids must be >= 1 (0 means no segment), got {ids.tolist()}")
+    max_id = int(max(seg.max().item() if seg.numel() else 0, ids.max().item() if len(ids) else 0))
+    lookup = torch.zeros(max_id + 1, dtype=torch.int64, device=device)  # raw id -> 1..N, unknown -> 0
+    lookup[ids] = torch.arange(1, len(ids) + 1, device=device)
+    return PanopticLabel(lookup[seg.clamp(min=0)], classes, isthing, scores)
+
+
+def restrict_to(label: PanopticLabel, keep: torch.Tensor) -> PanopticLabel:
+    """``label`` with "no segment" outside ``keep`` (bool [H, W], e.g. the valid, unpadded area)."""
+    return PanopticLabel(torch.where(keep.to(label.seg.device), label.seg, 0), label.classes, label.isthing, label.scores)
+
+
+def merge_and_compact(label: PanopticLabel, min_area: int = 0) -> PanopticLabel:
+    """Merge same-class stuff segments, drop segments with fewer than max(min_area, 1) pixels,
+    renumber ids 1..K. A merged segment's score is the largest score of its parts."""
+    num = label.num_segments
+    device = label.seg.device
+    if num == 0:
+        return label
+    # Group key: a thing is its own group; stuff groups by class (keys >= num never clash).
+    keys = torch.where(label.isthing, torch.arange(num, device=device), num + label.classes)
+    _, key_group = torch.unique(keys, return_inverse=True)
+    num_groups = int(key_group.max().item()) + 1
+    # Order groups by their first segment, so targets keep the segment order (main before partner).
+    segment_index = torch.arange(num, device=device)
+    first_segment = torch.full((num_groups,), num, device=device).scatter_reduce(0, key_group, segment_index, reduce="amin")
+    group_of_segment = torch.argsort(torch.argsort(first_segment))[key_group]
+    segment_to_group = torch.cat([group_of_segment.new_full((1,), -1), group_of_segment])  # id 0 -> -1
+    group_map = segment_to_group[label.seg]
+    covered = group_map >= 0
+    areas = torch.bincount(group_map[covered], minlength=num_groups)
+    keep = areas >= max(int(min_area), 1)
+    new_id = torch.cumsum(keep.to(torch.int64), 0) * keep  # group -> 1..K, dropped -> 0
+    seg = torch.where(covered, new_id[group_map.clamp(min=0)], 0)
+    classes = torch.zeros(num_groups, dtype=torch.int64, device=device).scatter_(0, group_of_segment, label.classes)
+    isthing = torch.zeros(num_groups, dtype=torch.bool, device=device).scatter_(0, group_of_segment, label.isthing)
+    scores = torch.full((num_groups,), float("-inf"), device=device).scatter_reduce(
+        0, group_of_segment, label.scores.float(), reduce="amax"
+    )
+    return PanopticLabel(seg, classes[keep], isthing[keep], scores[keep])
+
+
+def cutmix_labels(main: PanopticLabel, partner: PanopticLabel, box: torch.Tensor) -> PanopticLabel:
+    """The pseudo-label of the CutMix image: ``partner`` inside ``box`` (bool [H, W]), ``main`` outside.
+
+    The result is not compacted; pass it through :func:`merge_and_compact`.
+    """
+    if main.seg.shape != partner.seg.shape or box.shape != main.seg.shape:
+        raise ValueError(
+            f"CutMix needs equal canvas sizes: main {tuple(main.seg.shape)}, partner "
+            f"{tuple(partner.seg.shape)}, box {tuple(box.shape)}"
+        )
+    offset_partner = torch.where(partner.seg > 0, partner.seg + main.num_segments, 0)
+    seg = torch.where(box.to(main.seg.device), offset_partner, main.seg)
+    return PanopticLabel(
+        seg,
+        torch.cat([main.classes, partner.classes]),
+        torch.cat([main.isthing, partner.isthing]),
+        torch.cat([main.scores, partner.scores]),
+    )
+
+
+def cutmix_image(main: torch.Tensor, partner: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+    """``partner`` pixels inside ``box`` (bool [H, W]), ``main`` elsewhere; images [C, H, W]."""
+    return torch.where(box.to(main.device)[None], partner.to(main.device), main)
+
+
+def label_to_instances(label: PanopticLabel) -> Instances:
+    """Detectron2 ``Instances`` with gt_classes int64 [K] and gt_masks bool [K, H, W]."""
+    ids = torch.arange(1, label.num_segments + 1, device=label.seg.device)
+    masks = label.seg[None] == ids[:, None, None]
+    instances = Instances(tuple(label.seg.shape))
+    instances.gt_classes = label.classes
+    instances.gt_masks = masks
+    return instances
+
+
+def build_pseudo_labeled_sample(
+    sample: Dict,
+    main: PanopticLabel,
+    partner: Optional[PanopticLabel],
+    *,
+    min_area: int = 0,
+    restrict_to_valid: bool = False,
+    with_segment_weights: bool = False,
+) -> Tuple[Dict, PanopticLabel]:
+    """The student's input for one unlabeled ``sample`` (see the unlabeled mapper's contract).
+
+    Returns the strong (CutMixed) image, its valid mask, targets as ``instances``, the sample's
+    ``sample_seed`` and, on request, ``segment_weights`` (teacher scores); and the final
+    :class:`PanopticLabel` (for telemetry and visualisation).
+    """
+    image, valid = sample["strong_image"], sample["valid_mask"]
+    if restrict_to_valid:
+        main = restrict_to(main, valid)
+    cutmix = sample.get("cutmix")
+    if cutmix is not None:
+        if partner is None:
+            raise ValueError(f"{sample.get('file_name')}: CutMix partner given without its pseudo-label")
+        box = cutmix["box_mask"]
+        if restrict_to_valid:
+            partner = restrict_to(partner, cutmix["valid_mask"])
+        image = cutmix_image(image, cutmix["strong_image"], box)
+        valid = valid | box
+        main = cutmix_labels(main, partner, box)
+    label = merge_and_compact(main, min_area)
+    out = {
+        "file_name": sample.get("file_name"),
+        "image_id": sample.get("image_id"),
+        "height": sample.get("height"),
+        "width": sample.get("width"),
+        "image": image,
+        "valid_mask": valid,
+        "instances": label_to_instances(label),
+        "sample_seed": sample["sample_seed"],
+    }
+    if with_segment_weights:
+        out["segment_weights"] = label.scores
+    return out, label
+
+
+def pseudo_label_statistics(labels: List[PanopticLabel], valid_masks: List[torch.Tensor], num_classes: int) -> Dict:
+    """Telemetry of a batch of pseudo-labels: segments per image, mean score, pixel coverage, class counts."""
+    if not labels:
+        return {}
+    segments = sum(label.num_segments for label in labels)
+    scores = torch.cat([label.scores.float().cpu() for label in labels])
+    covered = sum(int(((label.seg > 0) & valid.to(label.seg.device)).sum()) for label, valid in zip(labels, valid_masks))
+    valid_pixels = sum(int(valid.sum()) for valid in valid_masks)
+    classes = torch.cat([label.classes.cpu() for label in labels])
+    return {
+        "pseudo_segments_per_image": segments / len(labels),
+        "mean_teacher_score": float(scores.mean()) if len(scores) else 0.0,
+        "pseudo_pixel_coverage": covered / max(valid_pixels, 1),
+        "class_counts": torch.bincount(classes, minlength=num_classes)[:num_classes],
+    }
+
+
+def render_label(image: torch.Tensor, seg: torch.Tensor, alpha: float = 0.5) -> np.ndarray:
+    """uint8 HxWx3 overlay of segment ids on ``image`` (uint8 [3, H, W]); id colours are fixed."""
+    rgb = image.permute(1, 2, 0).cpu().numpy().astype(np.float32)
+    ids = seg.cpu().numpy()
+    palette = np.random.default_rng(0).integers(40, 256, size=(int(ids.max()) + 1, 3)).astype(np.float32)
+    colored = palette[ids]
+    blended = np.where((ids > 0)[..., None], (1 - alpha) * rgb + alpha * colored, rgb)
+    return blended.clip(0, 255).astype(np.uint8)
