@@ -1,0 +1,148 @@
+"""Mapper "unlabeled_weak_strong": an unlabeled image -> teacher (weak) and student (strong) views.
+
+Spec §2.3–2.4. The weak view is resize / crop / flip only (INPUT.MIN_SIZE_TRAIN, INPUT.CROP, as for
+labeled images); the strong view is the *same* crop with ColorJitter (always applied, random op
+order as torchvision's), random grayscale and random Gaussian blur (INPUT.UNLABELED.*). With
+probability INPUT.UNLABELED.CUTMIX_PROB the sample also carries a CutMix partner — another unlabeled
+image, drawn by the loader, with its own weak and strong views — and a box inside the real pixels of
+both images. The student image is mixed later (by the engine, together with the teacher's
+pseudo-labels), so the box is returned as a mask and no pixels are pasted here.
+
+Call convention: ``mapper(dataset_dict, rng, draw_partner=None)``. ``draw_partner(rng)`` returns the
+partner's dataset dict; without it no CutMix is made. Draw order from ``rng``: main views, CutMix
+coin, partner choice, partner views, box.
+"""
+import copy
+from typing import Callable, Optional, Tuple
+
+import numpy as np
+from detectron2.config import configurable
+
+from ..registry import MAPPER_REGISTRY
+from .augmentation import (
+    GeometrySpec,
+    StrongColorSpec,
+    apply_strong_color,
+    hwc_to_chw_tensor,
+    pad_bottom_right,
+    padded_size,
+    sample_cutmix_box,
+    sample_geometry,
+    sample_seed_of,
+    sample_strong_color,
+    valid_mask,
+)
+from .panoptic_targets import read_training_image
+
+
+class UnlabeledWeakStrongMapper:
+    """Weak/strong views of an unlabeled image, optionally with a CutMix partner and box."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        geometry: GeometrySpec,
+        strong: StrongColorSpec,
+        cutmix_prob: float,
+        cutmix_area: Tuple[float, float],
+        cutmix_aspect: Tuple[float, float],
+        size_divisibility: int,
+        pad_value: int,
+        image_format: str = "RGB",
+    ):
+        """
+        Args:
+            geometry: resize / crop / flip settings shared by both views.
+            strong: photometric settings of the student view.
+            cutmix_prob: probability that a sample gets a CutMix partner and box.
+            cutmix_area: box area range, as fractions of the partner crop's real-pixel area.
+            cutmix_aspect: box width/height range.
+            size_divisibility, pad_value: padding of every view (right/bottom).
+        """
+        for name, (low, high) in (("CUTMIX_AREA", cutmix_area), ("CUTMIX_ASPECT", cutmix_aspect)):
+            if not 0 < low <= high:
+                raise ValueError(f"INPUT.UNLABELED.{name} must be (low, high) with 0 < low <= high, got {(low, high)}")
+        self.geometry = geometry
+        self.strong = strong
+        self.cutmix_prob = cutmix_prob
+        self.cutmix_area = tuple(cutmix_area)
+        self.cutmix_aspect = tuple(cutmix_aspect)
+        self.size_divisibility = size_divisibility
+        self.pad_value = pad_value
+        self.image_format = image_format
+
+    @classmethod
+    def from_config(cls, cfg, is_train=True):
+        if not is_train:
+            raise ValueError("the unlabeled weak/strong mapper is for training only (is_train=False given)")
+        unlabeled = cfg.INPUT.UNLABELED
+        return {
+            "geometry": GeometrySpec.from_config(cfg),
+            "strong": StrongColorSpec.from_config(cfg),
+            "cutmix_prob": float(unlabeled.CUTMIX_PROB),
+            "cutmix_area": tuple(unlabeled.CUTMIX_AREA),
+            "cutmix_aspect": tuple(unlabeled.CUTMIX_ASPECT),
+            "size_divisibility": int(cfg.INPUT.SIZE_DIVISIBILITY),
+            "pad_value": int(cfg.INPUT.PAD_VALUE),
+            "image_format": cfg.INPUT.FORMAT,
+        }
+
+    def views(self, dataset_dict, rng):
+        """(weak, strong) uint8 [3, h, w] views of one image, unpadded, with shared geometry."""
+        image = read_training_image(copy.copy(dataset_dict), self.image_format)
+        transforms = sample_geometry(image.shape[0], image.shape[1], self.geometry, rng)
+        weak = hwc_to_chw_tensor(transforms.apply_image(image))
+        strong = apply_strong_color(weak, sample_strong_color(self.strong, rng))
+        return weak, strong
+
+    def __call__(self, dataset_dict, rng: np.random.Generator, draw_partner: Optional[Callable] = None):
+        weak, strong = self.views(dataset_dict, rng)
+        partner = None
+        if draw_partner is not None and rng.random() < self.cutmix_prob:
+            partner_dict = draw_partner(rng)
+            partner = (partner_dict, *self.views(partner_dict, rng))
+
+        image_hws = [weak.shape[-2:]] + ([partner[1].shape[-2:]] if partner else [])
+        canvas_hw = padded_size(
+            max(hw[0] for hw in image_hws), max(hw[1] for hw in image_hws), self.size_divisibility
+        )
+        sample = {
+            "file_name": dataset_dict["file_name"],
+            "image_id": dataset_dict["image_id"],
+            "height": dataset_dict.get("height", image_hws[0][0]),
+            "width": dataset_dict.get("width", image_hws[0][1]),
+            "sample_seed": sample_seed_of(rng),
+            **self._padded_views(weak, strong, canvas_hw),
+            "cutmix": None,
+        }
+        if partner is not None:
+            sample["cutmix"] = self._cutmix_entry(partner, weak.shape[-2:], canvas_hw, rng)
+        return sample
+
+    def _padded_views(self, weak, strong, canvas_hw):
+        return {
+            "weak_image": pad_bottom_right(weak, canvas_hw, self.pad_value),
+            "strong_image": pad_bottom_right(strong, canvas_hw, self.pad_value),
+            "valid_mask": valid_mask(weak.shape[-2:], canvas_hw),
+        }
+
+    def _cutmix_entry(self, partner, main_hw, canvas_hw, rng):
+        partner_dict, weak, strong = partner
+        partner_hw = weak.shape[-2:]
+        # The box must lie on real pixels of both images: the intersection of two top-left rectangles.
+        common_hw = (min(main_hw[0], partner_hw[0]), min(main_hw[1], partner_hw[1]))
+        box = sample_cutmix_box(
+            common_hw, partner_hw[0] * partner_hw[1], self.cutmix_area, self.cutmix_aspect, rng
+        )
+        return {
+            "file_name": partner_dict["file_name"],
+            **self._padded_views(weak, strong, canvas_hw),
+            "box_mask": box.mask(canvas_hw),
+        }
+
+
+@MAPPER_REGISTRY.register()
+def unlabeled_weak_strong(cfg, is_train=True):
+    """Registry entry ``unlabeled_weak_strong`` (chosen by the loader when SSL.ENABLED)."""
+    return UnlabeledWeakStrongMapper(cfg, is_train)
