@@ -30,10 +30,11 @@ def tiny_cfg(**head_overrides):
     return cfg
 
 
-def tiny_features(batch=2, image_size=64, seed=0):
+def tiny_features(batch=2, height=64, width=64, seed=0):
+    """Backbone features of a height x width image."""
     generator = torch.Generator().manual_seed(seed)
     return {
-        name: torch.randn(batch, spec.channels, image_size // spec.stride, image_size // spec.stride, generator=generator)
+        name: torch.randn(batch, spec.channels, height // spec.stride, width // spec.stride, generator=generator)
         for name, spec in TINY_SHAPES.items()
     }
 
@@ -65,9 +66,9 @@ def test_built_from_config_gives_documented_shapes():
     # heads * levels * points * 2 offsets: the config's 4 heads and 2 points are used.
     assert decoder.transformer.encoder.layers[0].self_attn.sampling_offsets.out_features == 4 * 3 * 2 * 2
     assert decoder.transformer.encoder.layers[0].linear1.out_features == 48
-    mask_features, multi_scale = decoder.forward_features(tiny_features())
-    assert mask_features.shape == (2, 16, 16, 16)
-    assert [tuple(f.shape) for f in multi_scale] == [(2, 32, 2, 2), (2, 32, 4, 4), (2, 32, 8, 8)]
+    mask_features, multi_scale = decoder.forward_features(tiny_features(height=64, width=96))
+    assert mask_features.shape == (2, 16, 16, 24)
+    assert [tuple(f.shape) for f in multi_scale] == [(2, 32, 2, 3), (2, 32, 4, 6), (2, 32, 8, 12)]
 
 
 def test_gradients_reach_every_parameter():
@@ -140,6 +141,6 @@ def test_encoder_feature_outside_the_inputs_is_named():
 
 def test_empty_feature_map_is_reported():
     decoder = MSDeformAttnPixelDecoder(tiny_cfg(), TINY_SHAPES)
-    features = tiny_features(image_size=16)  # res5 of a 16-px image is 0 x 0
+    features = tiny_features(height=16, width=16)  # res5 of a 16-px image is 0 x 0
     with pytest.raises(ValueError, match=r"feature 'res5' is empty .*SIZE_DIVISIBILITY"):
         decoder.forward_features(features)
