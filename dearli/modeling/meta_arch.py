@@ -1,0 +1,248 @@
+"""The DEARLi meta-architecture: frozen OpenCLIP backbone + CLIP classification head.
+
+Training: ``forward(list[dict])`` (labeled samples, Detectron2 style) or
+``forward({"labeled": [...], "pseudo_labeled": [...]})`` returns the set losses; pseudo-label
+losses carry the prefix ``pseudo_`` and the weight SSL.PSEUDO_LOSS_WEIGHT. The two sets are told
+apart by name, never by position in a list.
+
+Evaluation: ``forward(list[dict])`` returns Detectron2's standard
+``{"panoptic_seg": (int32 [h, w], segments_info), "sem_seg": float [C, h, w]}`` at each image's
+original size, so ``COCOPanopticEvaluator`` and ``SemSegEvaluator`` work unchanged.
+
+Teacher: ``predict_panoptic(images, zero_shot, object_threshold, overlap_threshold)`` returns
+panoptic pseudo-labels at the input canvas resolution through the same ``panoptic_inference``.
+"""
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_sem_seg_head
+from detectron2.modeling.postprocessing import sem_seg_postprocess
+from detectron2.structures import ImageList
+from torch import nn
+from torch.nn import functional as F
+
+from . import backbone as _backbone  # noqa: F401  (registers OpenCLIPBackbone)
+from . import clip_head
+from .criterion import SetCriterion, as_mask_tensor
+from .inference import panoptic_inference, semantic_inference
+from .text_classifier import TextClassifier, classifier_with_void
+
+TRAINING_SETS = ("labeled", "pseudo_labeled")
+
+
+@META_ARCH_REGISTRY.register()
+class DEARLi(nn.Module):
+    """Normalise, pad, run backbone + ``sem_seg_head`` against the CLIP text classifier; losses
+    in training, panoptic/semantic predictions in evaluation."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        sem_seg_head: nn.Module,
+        criterion: SetCriterion,
+        text_classifier: TextClassifier,
+        embed_dim: int,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        size_divisibility: int,
+        thing_ids: Sequence[int],
+        object_threshold: float,
+        overlap_threshold: float,
+        panoptic_on: bool = True,
+        semantic_on: bool = True,
+        zero_shot_enabled: bool = True,
+        ensemble_alpha: float = 0.4,
+        pseudo_loss_weight: float = 1.0,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.sem_seg_head = sem_seg_head
+        self.criterion = criterion
+        # Learned "no object" row of the classifier, appended (normalised) to the text embeddings.
+        self.void_embedding = nn.Embedding(1, embed_dim)
+        # Not a module: the text embeddings are computed lazily and never checkpointed.
+        self.text_classifier = text_classifier
+        self.size_divisibility = size_divisibility
+        self.thing_ids = frozenset(int(i) for i in thing_ids)
+        self.object_threshold = object_threshold
+        self.overlap_threshold = overlap_threshold
+        self.panoptic_on = panoptic_on
+        self.semantic_on = semantic_on
+        self.zero_shot_enabled = zero_shot_enabled
+        self.ensemble_alpha = ensemble_alpha
+        self.pseudo_loss_weight = pseudo_loss_weight
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
+
+    @classmethod
+    def from_config(cls, cfg):
+        backbone = build_backbone(cfg)
+        dataset_name = (cfg.DATASETS.TRAIN or cfg.DATASETS.TEST)[0]
+        metadata = MetadataCatalog.get(dataset_name)
+        mask_former = cfg.MODEL.MASK_FORMER
+        return {
+            "backbone": backbone,
+            "sem_seg_head": build_sem_seg_head(cfg, backbone.output_shape()),
+            "criterion": SetCriterion(cfg),
+            # Checks MODEL.SEM_SEG_HEAD.NUM_CLASSES against the dataset's classes.
+            "text_classifier": TextClassifier(cfg, dataset_name=dataset_name),
+            "embed_dim": cfg.MODEL.CLIP_HEAD.EMBED_DIM,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "size_divisibility": mask_former.SIZE_DIVISIBILITY,
+            "thing_ids": list(metadata.get("thing_dataset_id_to_contiguous_id", {}).values()),
+            "object_threshold": mask_former.TEST.OBJECT_MASK_THRESHOLD,
+            "overlap_threshold": mask_former.TEST.OVERLAP_THRESHOLD,
+            "panoptic_on": mask_former.TEST.PANOPTIC_ON,
+            "semantic_on": mask_former.TEST.SEMANTIC_ON,
+            "zero_shot_enabled": cfg.MODEL.CLIP_HEAD.ZERO_SHOT_ENABLED,
+            "ensemble_alpha": cfg.MODEL.CLIP_HEAD.ENSEMBLE_ALPHA,
+            "pseudo_loss_weight": cfg.SSL.PSEUDO_LOSS_WEIGHT,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    # ---- forward ------------------------------------------------------------------------------
+
+    def forward(self, batched_inputs: Union[List[Dict], Dict[str, List[Dict]]]):
+        if not self.training:
+            return self.inference(batched_inputs)
+        labeled, pseudo_labeled = _training_sets(batched_inputs)
+        losses = {}
+        if labeled:
+            losses.update(self.losses(labeled, seed_stream=0))
+        if pseudo_labeled:
+            for name, value in self.losses(pseudo_labeled, seed_stream=1).items():
+                losses["pseudo_" + name] = self.pseudo_loss_weight * value
+        return losses
+
+    def losses(self, samples: List[Dict], seed_stream: int = 0) -> Dict[str, torch.Tensor]:
+        """Set losses of ``samples`` (each with "image", "instances", optional "valid_mask",
+        "sample_seed", "segment_weights")."""
+        images = self.preprocess_images([s["image"] for s in samples])
+        _, outputs = self.predict_raw(images.tensor)
+        targets = self.prepare_targets(samples, images.tensor.shape[-2:])
+        return self.criterion(outputs, targets, seed_stream=seed_stream)
+
+    def inference(self, batched_inputs: List[Dict]) -> List[Dict]:
+        images = self.preprocess_images([x["image"] for x in batched_inputs])
+        class_scores, mask_logits = self._scores_and_masks(images, self.zero_shot_enabled)
+        results = []
+        for scores, masks, image_size, sample in zip(class_scores, mask_logits, images.image_sizes, batched_inputs):
+            height, width = sample.get("height", image_size[0]), sample.get("width", image_size[1])
+            masks = sem_seg_postprocess(masks, image_size, height, width)
+            result = {}
+            if self.semantic_on:
+                result["sem_seg"] = semantic_inference(scores, masks)
+            if self.panoptic_on:
+                result["panoptic_seg"] = panoptic_inference(
+                    scores, masks, self.thing_ids, self.object_threshold, self.overlap_threshold
+                )
+            results.append(result)
+        return results
+
+    @torch.no_grad()
+    def predict_panoptic(
+        self,
+        images: Union[List[torch.Tensor], ImageList],
+        zero_shot: bool,
+        object_threshold: float,
+        overlap_threshold: float,
+    ) -> List[Tuple[torch.Tensor, List[Dict]]]:
+        """Panoptic predictions of raw images (uint8 [3, H, W] each, or an ImageList of raw pixel
+        values) at each image's own size, with no resize back: the teacher's pseudo-labels."""
+        if isinstance(images, ImageList):  # re-pad: the padding must be 0 after normalisation
+            images = [images.tensor[i, :, :h, :w] for i, (h, w) in enumerate(images.image_sizes)]
+        images = self.preprocess_images(images)
+        class_scores, mask_logits = self._scores_and_masks(images, zero_shot)
+        return [
+            panoptic_inference(scores, masks[:, :h, :w], self.thing_ids, object_threshold, overlap_threshold)
+            for scores, masks, (h, w) in zip(class_scores, mask_logits, images.image_sizes)
+        ]
+
+    # ---- pieces -------------------------------------------------------------------------------
+
+    def preprocess_images(self, images: Sequence[torch.Tensor]) -> ImageList:
+        """Normalised images padded (right/bottom) to a multiple of MASK_FORMER.SIZE_DIVISIBILITY."""
+        normalised = [self._normalise(image.to(self.device)) for image in images]
+        return ImageList.from_tensors(normalised, self.size_divisibility)
+
+    def _normalise(self, image: torch.Tensor) -> torch.Tensor:
+        return (image.float() - self.pixel_mean) / self.pixel_std
+
+    def predict_raw(self, image_tensor: torch.Tensor):
+        """(backbone features, head outputs) for a padded, normalised batch [B, 3, H, W]."""
+        features = self.backbone(image_tensor)
+        classifier, num_synonyms = self.classifier()
+        return features, self.sem_seg_head(features, classifier, num_synonyms)
+
+    def classifier(self) -> Tuple[torch.Tensor, List[int]]:
+        """Text classifier rows [K+1, D] on the model's device (void row last) and synonyms per class."""
+        rows, num_synonyms = self.text_classifier(self.backbone)
+        return classifier_with_void(rows.to(self.device), self.void_embedding.weight), num_synonyms
+
+    def _scores_and_masks(self, images: ImageList, zero_shot: bool):
+        """Class scores [B, Q, C+1] and mask logits upsampled to the padded batch size."""
+        features, outputs = self.predict_raw(images.tensor)
+        class_scores = outputs["pred_logits"]
+        if zero_shot:
+            class_scores = clip_head.ensemble_class_scores(
+                self.backbone, features, outputs, *self.classifier(), self.ensemble_alpha
+            )
+        mask_logits = F.interpolate(
+            outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear", align_corners=False
+        )
+        return class_scores, mask_logits
+
+    def prepare_targets(self, samples: List[Dict], padded_size) -> List[Dict]:
+        """Criterion targets with masks (and valid areas) padded to the batch canvas."""
+        return [self._target(sample, padded_size) for sample in samples]
+
+    def _target(self, sample: Dict, padded_size) -> Dict:
+        name = sample.get("file_name", sample.get("image_id", "?"))
+        if "instances" not in sample:
+            raise KeyError(f"training sample {name!r} has no 'instances' (gt_classes, gt_masks)")
+        instances = sample["instances"]
+        masks = as_mask_tensor(instances.gt_masks, name=f"instances.gt_masks of {name!r}")
+        image_size = tuple(sample["image"].shape[-2:])
+        if tuple(masks.shape[-2:]) != image_size:
+            raise ValueError(f"{name!r}: gt_masks are {tuple(masks.shape[-2:])} but the image is {image_size}")
+        target = {
+            "labels": instances.gt_classes.to(self.device),
+            "masks": _pad_to(masks.to(self.device), padded_size),
+            "seed": sample.get("sample_seed"),
+        }
+        if sample.get("valid_mask") is not None:
+            target["valid_mask"] = _pad_to(sample["valid_mask"].to(self.device), padded_size)
+        if sample.get("segment_weights") is not None:
+            target["weights"] = torch.as_tensor(sample["segment_weights"], device=self.device)
+        return target
+
+
+def _training_sets(batched_inputs) -> Tuple[List[Dict], List[Dict]]:
+    """(labeled, pseudo_labeled) samples of a training batch, told apart by name."""
+    if isinstance(batched_inputs, (list, tuple)):
+        return list(batched_inputs), []
+    if not isinstance(batched_inputs, dict):
+        raise TypeError(f"DEARLi.forward expects a list of samples or a dict {TRAINING_SETS}, got {type(batched_inputs).__name__}")
+    unknown = sorted(set(batched_inputs) - set(TRAINING_SETS))
+    if unknown:
+        hint = " (the engine turns 'unlabeled' samples into 'pseudo_labeled' ones with the teacher)" if "unlabeled" in unknown else ""
+        raise KeyError(f"DEARLi.forward: unknown training sets {unknown}; expected {TRAINING_SETS}{hint}")
+    labeled, pseudo_labeled = (list(batched_inputs.get(k) or []) for k in TRAINING_SETS)
+    if not labeled and not pseudo_labeled:
+        raise ValueError("DEARLi.forward: the training batch holds no samples")
+    return labeled, pseudo_labeled
+
+
+def _pad_to(mask: torch.Tensor, size) -> torch.Tensor:
+    """Pad a bool [..., h, w] map with False on the right/bottom to ``size``."""
+    pad_h, pad_w = size[0] - mask.shape[-2], size[1] - mask.shape[-1]
+    return F.pad(mask, (0, pad_w, 0, pad_h), value=False) if pad_h or pad_w else mask
+
