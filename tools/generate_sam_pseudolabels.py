@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog
 from detectron2.utils.logger import setup_logger
 
 import dearli  # noqa: F401  (registers the datasets)
@@ -121,7 +120,7 @@ def run_sam(args, items, shard_index, shard_count):
 def run_oracle(args):
     if not args.dataset or args.images:
         raise SystemExit("--oracle needs --dataset (panoptic datasets with ground truth) and no --images")
-    dicts = [d for name in args.dataset for d in DatasetCatalog.get(name)]
+    dicts = [d for name in args.dataset for d in sam_oracle.with_panoptic_ground_truth(name)]
     label_dir = Path(args.output) / sam_oracle.ORACLE_SUBDIR
     written = sam_oracle.write_oracle_labels(dicts, label_dir)
     summary = RunSummary(images=len(dicts), already_done=len(dicts) - len(written), generated=len(written),

@@ -5,6 +5,8 @@ Registered names:
   (``$DETECTRON2_DATASETS/ADEChallengeData2016/images/training``; 20,210 images).
 - ``coco_sam_train``: all COCO train2017 images (``$DETECTRON2_DATASETS/coco/train2017``).
 - ``register_sam_dataset(name, images, label_dir)`` for any folder or list file.
+- ``dearli_shapes_sam_oracle_train``: the synthetic training images with ORACLE proposals (their
+  ground-truth segments without classes, see ``dearli.data.sam_oracle``), for the CPU demo.
 
 Both built-in sets include the images that are labeled in the semi-supervised stage, as in the
 reference. Their default label folder is ``<dataset>/sam_labels/vit_h/points_per_side_32_pred_
@@ -17,8 +19,12 @@ import logging
 import os
 from pathlib import Path
 
+from detectron2.data import MetadataCatalog
+
+from dearli.data import shapes  # noqa: F401  (registers dearli_shapes_*, the oracle set's sources)
 from dearli.data.datasets.metadata import build_panoptic_metadata, register_dataset
 from dearli.data.sam_format import finished_keys, image_key, settings_dirname
+from dearli.data.sam_oracle import ORACLE_SUBDIR, with_panoptic_ground_truth, write_oracle_labels
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +104,32 @@ def register_sam_dataset(name, images, label_dir=None, image_root=None, metadata
     register_dataset(name, lambda: load_sam_image_set(images, label_dir, image_root), metadata)
 
 
+def load_oracle_image_set(source_names):
+    """Dicts of the images of ``source_names`` with ORACLE proposals, written next to each split."""
+    logger.warning("class-agnostic targets of %s are ORACLE proposals (ground truth), not SAM", list(source_names))
+    dicts = []
+    for source in source_names:
+        label_dir = Path(MetadataCatalog.get(source).panoptic_root).parent / "sam_labels" / ORACLE_SUBDIR
+        source_dicts = with_panoptic_ground_truth(source)
+        write_oracle_labels(source_dicts, label_dir)
+        dicts += [
+            {"file_name": d["file_name"], "image_id": image_key(d["file_name"]), "sam_key": image_key(d["file_name"]),
+             "sam_label_dir": str(label_dir)}
+            for d in source_dicts
+        ]
+    return dicts
+
+
+def register_oracle_dataset(name, source_names):
+    """Register ``name``: the images of the panoptic datasets ``source_names`` with ORACLE proposals.
+
+    The proposals are the ground-truth segments without classes (``dearli.data.sam_oracle``),
+    written on first load into ``<split>/sam_labels/oracle/ground_truth_segments`` of each source.
+    """
+    metadata = sam_metadata(proposal_source="oracle", oracle_sources=list(source_names))
+    register_dataset(name, lambda: load_oracle_image_set(source_names), metadata)
+
+
 def _register_builtin(root):
     builtin = {
         "ade20k_sam_train": "ADEChallengeData2016/images/training",
@@ -109,3 +141,7 @@ def _register_builtin(root):
 
 
 _register_builtin(os.getenv("DETECTRON2_DATASETS", "datasets"))
+# CPU demo warm-up (configs/shapes/tiny_warmup.yaml): ORACLE proposals on all synthetic training
+# images (labeled and unlabeled split, as the paper's warm-up covers all training images). It uses
+# the unlabeled split's ground-truth masks (never its classes): an upper bound, not a SAM result.
+register_oracle_dataset("dearli_shapes_sam_oracle_train", ("dearli_shapes_train_labeled", "dearli_shapes_train_unlabeled"))
