@@ -1,0 +1,96 @@
+#!/usr/bin/env python
+"""Convert a reference DEARLi checkpoint (student, teacher or warm-up; helen1c/DEARLi) for dearli.
+
+dearli keeps the reference state-dict names, so conversion only drops what dearli does not store
+(the criterion's constant class-weight buffers and, unless --keep-clip, the frozen CLIP, which
+comes from MODEL.OPEN_CLIP.PRETRAINED) and checks that every remaining key has a place::
+
+    python tools/convert_reference_checkpoint.py decoder_warmup_on_ade20k.pth \
+        checkpoints/warmup_sam_ade20k.pth \
+        --config-file configs/ade20k/dearli_convnext_base_1_128.yaml
+
+With --config-file the converted weights are also loaded into the model that config builds (random
+CLIP weights unless MODEL.OPEN_CLIP.PRETRAINED is reachable), printing the per-module load report,
+and the command fails when a trainable parameter is missing.
+"""
+import argparse
+import logging
+import sys
+
+import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.utils.logger import setup_logger
+
+from dearli.config import add_dearli_config
+import dearli  # noqa: F401  (registers datasets and model components)
+from dearli.modeling import meta_arch  # noqa: F401  (registers the DEARLi meta-architecture)
+from dearli.modeling.checkpoint import (
+    DEARLiCheckpointer,
+    atomic_write,
+    convert_reference_state_dict,
+    trainable_keys_missing_from,
+)
+
+logger = logging.getLogger("dearli.convert_reference_checkpoint")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input", help="reference checkpoint (.pth; Detectron2 format or a bare state dict)")
+    parser.add_argument("output", help="converted checkpoint to write (.pth)")
+    parser.add_argument("--keep-clip", action="store_true", help="keep the backbone.clip_model.* tensors")
+    parser.add_argument("--config-file", default="", help="also load the result into this config's model")
+    parser.add_argument(
+        "--allow-pickle", action="store_true",
+        help="unpickle arbitrary objects (only for files you trust; default: tensors and containers only)",
+    )
+    return parser.parse_args(argv)
+
+
+def load_reference_state_dict(path: str, allow_pickle: bool = False):
+    """The model state dict inside a reference checkpoint file."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"reference checkpoint {path!r} does not exist") from None
+    except Exception as e:
+        raise RuntimeError(
+            f"could not read {path!r} as a tensors-only checkpoint ({e}); if you trust the file, "
+            "re-run with --allow-pickle"
+        ) from e
+    state_dict = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise ValueError(f"{path!r} holds no state dict (expected {{'model': {{name: tensor}}}} or {{name: tensor}})")
+    return state_dict
+
+
+def check_against_config(config_file: str, checkpoint_path: str) -> None:
+    """Load ``checkpoint_path`` into the model of ``config_file``; fail on missing trainable keys."""
+    cfg = get_cfg()
+    add_dearli_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg)
+    checkpointer = DEARLiCheckpointer(model)
+    checkpointer.load(checkpoint_path)
+    missing = trainable_keys_missing_from(model, checkpointer.last_load_report.matched)
+    if missing:
+        raise SystemExit(f"{len(missing)} trainable parameters of {config_file} are not in the converted file: {missing[:10]}")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    setup_logger(name="dearli")
+    setup_logger(name="dearli.convert_reference_checkpoint")
+    state_dict = load_reference_state_dict(args.input, args.allow_pickle)
+    converted, dropped = convert_reference_state_dict(state_dict, keep_clip=args.keep_clip)
+    with atomic_write(args.output) as f:
+        torch.save({"model": converted, "__author__": f"converted from {args.input}"}, f)
+    logger.info(f"wrote {len(converted)} tensors to {args.output}; dropped {len(dropped)} ({sorted(set(k.split('.')[0] for k in dropped))})")
+    if args.config_file:
+        check_against_config(args.config_file, args.output)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
