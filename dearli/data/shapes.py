@@ -18,6 +18,7 @@ Registered names (``register_shapes``): ``<prefix>_train_labeled``, ``<prefix>_t
 (images only) and ``<prefix>_val``. The defaults (``dearli_shapes_*``: 24 labeled, 200 unlabeled,
 24 val images of 96x96, seed 0) are registered on import; nothing is generated until a split is loaded.
 """
+import functools
 import json
 import os
 import shutil
@@ -26,9 +27,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets.coco_panoptic import load_coco_panoptic_json
 from panopticapi.utils import id2rgb
+
+from .datasets.metadata import build_panoptic_metadata, register_dataset
+from .datasets.panoptic import load_panoptic_json
 
 GENERATOR_VERSION = 1  # bump when the rendering changes: it is part of the cache folder name
 # (dataset category id, name, synonyms, OpenCV hue 0..179 of the colour family)
@@ -58,32 +60,19 @@ JPEG_QUALITY = 95
 
 
 # ----------------------------------------------------------------------------- metadata
+def shapes_categories():
+    """COCO-panoptic json categories, in contiguous order (things, then stuff)."""
+    things = [{"id": cid, "name": name, "isthing": 1} for cid, name, _, _ in THING_CLASSES]
+    stuff = [{"id": cid, "name": name, "isthing": 0} for cid, name, _ in STUFF_CLASSES]
+    return [dict(c, color=list(colour)) for c, colour in zip(things + stuff, CLASS_COLOURS)]
+
+
 def shapes_metadata():
-    """Detectron2 metadata: every class in both class lists, contiguous order things then stuff."""
-    categories = [(cid, name, syn, True) for cid, name, syn, _ in THING_CLASSES]
-    categories += [(cid, name, syn, False) for cid, name, syn in STUFF_CLASSES]
-    names = [name for _, name, _, _ in categories]
-    return {
-        "thing_classes": names,
-        "stuff_classes": names,
-        "thing_colors": [list(c) for c in CLASS_COLOURS],
-        "stuff_colors": [list(c) for c in CLASS_COLOURS],
-        "class_synonyms": [list(syn) for _, _, syn, _ in categories],
-        "thing_dataset_id_to_contiguous_id": {cid: i for i, (cid, _, _, th) in enumerate(categories) if th},
-        "stuff_dataset_id_to_contiguous_id": {cid: i for i, (cid, _, _, _) in enumerate(categories)},
-        "ignore_label": 255,
-        "label_divisor": 1000,
-        "evaluator_type": "coco_panoptic_seg",
-    }
-
-
-def _json_categories(metadata):
-    thing_ids = set(metadata["thing_dataset_id_to_contiguous_id"])
-    return [
-        {"id": cid, "name": metadata["stuff_classes"][i], "isthing": int(cid in thing_ids),
-         "color": metadata["stuff_colors"][i], "supercategory": "shape" if cid in thing_ids else "background"}
-        for cid, i in metadata["stuff_dataset_id_to_contiguous_id"].items()
-    ]
+    """Detectron2 metadata (dearli's shared builder) plus ``class_synonyms`` for the text classifier."""
+    metadata = build_panoptic_metadata(shapes_categories())
+    metadata["class_synonyms"] = [list(c[2]) for c in THING_CLASSES + STUFF_CLASSES]
+    metadata["evaluator_type"] = "coco_panoptic_seg"
+    return metadata
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -230,8 +219,8 @@ def _write_image_files(out_dir, stem, image, ids, semantic):
 
 def _write_split(out_dir, split, num_images, image_hw, seed):
     """Render ``num_images`` images of ``split`` and write every file into ``out_dir``."""
-    metadata = shapes_metadata()
-    to_contiguous = metadata["stuff_dataset_id_to_contiguous_id"]
+    categories = shapes_categories()
+    to_contiguous = {c["id"]: i for i, c in enumerate(categories)}
     for sub in ("images", "panoptic", "semantic"):
         (out_dir / sub).mkdir(parents=True)
     images, annotations = [], []
@@ -246,7 +235,7 @@ def _write_split(out_dir, split, num_images, image_hw, seed):
         images.append({"id": image_id, "file_name": f"{stem}.jpg", "height": image_hw[0], "width": image_hw[1]})
         annotations.append({"image_id": image_id, "file_name": f"{stem}.png",
                             "segments_info": [_segment_info(s, c, ids) for s, c in segments]})
-    panoptic = {"images": images, "annotations": annotations, "categories": _json_categories(metadata)}
+    panoptic = {"images": images, "annotations": annotations, "categories": categories}
     (out_dir / "panoptic.json").write_text(json.dumps(panoptic, sort_keys=True))
 
 
@@ -275,16 +264,12 @@ def shapes_cache_root(cache_dir=None):
 
 def _load_split(split_dir, split, num_images, image_hw, seed, labeled, metadata):
     ensure_split(split_dir, split, num_images, image_hw, seed)
-    images = {im["id"]: im for im in json.loads((split_dir / "panoptic.json").read_text())["images"]}
-    if not labeled:
-        return [{"file_name": str(split_dir / "images" / im["file_name"]), "image_id": image_id,
-                 "height": im["height"], "width": im["width"]} for image_id, im in images.items()]
-    dicts = load_coco_panoptic_json(
-        str(split_dir / "panoptic.json"), str(split_dir / "images"), str(split_dir / "panoptic"), metadata)
-    for d in dicts:
-        d["height"], d["width"] = images[d["image_id"]]["height"], images[d["image_id"]]["width"]
-        d["sem_seg_file_name"] = str(split_dir / "semantic" / Path(d["pan_seg_file_name"]).name)
-    return dicts
+    if labeled:
+        return load_panoptic_json(str(split_dir / "panoptic.json"), str(split_dir / "images"),
+                                  str(split_dir / "panoptic"), metadata, str(split_dir / "semantic"))
+    images = json.loads((split_dir / "panoptic.json").read_text())["images"]
+    return [{"file_name": str(split_dir / "images" / im["file_name"]), "image_id": im["id"],
+             "height": im["height"], "width": im["width"]} for im in images]
 
 
 def register_shapes(prefix="dearli_shapes", num_labeled=24, num_unlabeled=200, num_val=24,
@@ -292,7 +277,7 @@ def register_shapes(prefix="dearli_shapes", num_labeled=24, num_unlabeled=200, n
     """Register ``<prefix>_train_labeled``, ``<prefix>_train_unlabeled`` and ``<prefix>_val``.
 
     ``image_size`` is an int (square) or (height, width). Files are generated when a split is first
-    loaded. Returns {registered name: split folder}.
+    loaded. Registering an existing name replaces it. Returns {registered name: split folder}.
     """
     image_hw = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
     root = shapes_cache_root(cache_dir)
@@ -303,12 +288,10 @@ def register_shapes(prefix="dearli_shapes", num_labeled=24, num_unlabeled=200, n
         name, labeled = f"{prefix}_{split}", split != "train_unlabeled"
         split_dir = root / split_dirname(split, num_images, image_hw, seed)
         metadata = shapes_metadata()
-        DatasetCatalog.register(name, lambda a=(split_dir, split, num_images, image_hw, seed, labeled, metadata):
-                                _load_split(*a))
-        MetadataCatalog.get(name).set(
-            image_root=str(split_dir / "images"), panoptic_root=str(split_dir / "panoptic"),
-            panoptic_json=str(split_dir / "panoptic.json"), sem_seg_root=str(split_dir / "semantic"),
-            **metadata)
+        paths = {"image_root": str(split_dir / "images"), "panoptic_root": str(split_dir / "panoptic"),
+                 "panoptic_json": str(split_dir / "panoptic.json"), "sem_seg_root": str(split_dir / "semantic")}
+        load = functools.partial(_load_split, split_dir, split, num_images, image_hw, seed, labeled, metadata)
+        register_dataset(name, load, dict(metadata, **paths))
         registered[name] = split_dir
     return registered
 

@@ -31,6 +31,12 @@ def sample_seed_of(rng: np.random.Generator) -> int:
     return int(rng.bit_generator.seed_seq.generate_state(1, dtype=np.uint32)[0])
 
 
+def check_rgb_format(image_format):
+    """The mappers produce RGB images (the CLIP backbone's order); refuse any other INPUT.FORMAT."""
+    if image_format != "RGB":
+        raise ValueError(f"INPUT.FORMAT={image_format!r}: dearli's mappers produce RGB images; set it to 'RGB'")
+
+
 # ----------------------------------------------------------------------------- geometry
 @dataclass(frozen=True)
 class GeometrySpec:

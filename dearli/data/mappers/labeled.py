@@ -18,6 +18,7 @@ from ..registry import MAPPER_REGISTRY
 from .augmentation import (
     GeometrySpec,
     apply_ssd_color,
+    check_rgb_format,
     hwc_to_chw_tensor,
     pad_bottom_right,
     padded_size,
@@ -48,7 +49,7 @@ class LabeledPanopticMapper:
         color_aug_ssd: bool,
         size_divisibility: int,
         pad_value: int,
-        image_format: str = "RGB",
+        num_classes: int,
     ):
         """
         Args:
@@ -58,16 +59,18 @@ class LabeledPanopticMapper:
             color_aug_ssd: apply SSD's photometric distortion.
             size_divisibility: pad height and width up to a multiple of this (<= 0: no padding).
             pad_value: image value of padded pixels (masks are False there, sem_seg 255).
+            num_classes: semantic label values must be below this (or 255).
         """
         self.is_train = is_train
         self.geometry = geometry
         self.color_aug_ssd = color_aug_ssd and is_train
         self.size_divisibility = size_divisibility
         self.pad_value = pad_value
-        self.image_format = image_format
+        self.num_classes = num_classes
 
     @classmethod
     def from_config(cls, cfg, is_train=True):
+        check_rgb_format(cfg.INPUT.FORMAT)
         if is_train:
             geometry = GeometrySpec.from_config(cfg)
         else:
@@ -79,7 +82,7 @@ class LabeledPanopticMapper:
             "color_aug_ssd": bool(cfg.INPUT.COLOR_AUG_SSD),
             "size_divisibility": int(cfg.INPUT.SIZE_DIVISIBILITY),
             "pad_value": int(cfg.INPUT.PAD_VALUE),
-            "image_format": cfg.INPUT.FORMAT,
+            "num_classes": int(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES),
         }
 
     def __call__(self, dataset_dict, rng: np.random.Generator):
@@ -88,9 +91,9 @@ class LabeledPanopticMapper:
                 raise ValueError("the labeled training mapper needs a numpy Generator (mapper(dataset_dict, rng))")
             rng = np.random.default_rng(0)  # only feeds sample_seed; test-mode geometry draws nothing random
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = read_training_image(dataset_dict, self.image_format)
-        pan_rgb = read_panoptic_rgb(dataset_dict)
-        sem_seg = read_sem_seg(dataset_dict)
+        image = read_training_image(dataset_dict)
+        pan_rgb = read_panoptic_rgb(dataset_dict, image.shape)
+        sem_seg = read_sem_seg(dataset_dict, self.num_classes, image.shape)
 
         transforms = sample_geometry(image.shape[0], image.shape[1], self.geometry, rng)
         image = transforms.apply_image(image)

@@ -1,10 +1,12 @@
 """Reading training images and panoptic annotations, and turning them into padded training targets.
 
 Panoptic ground truth is COCO's format: an RGB PNG whose pixel id is ``R + 256 G + 256^2 B``
-(panopticapi's ``rgb2id``; 0 = void) plus ``segments_info`` with Detectron2's contiguous
-``category_id`` (what ``load_coco_panoptic_json`` produces). Geometric transforms are applied to the
-RGB PNG itself (nearest neighbour, uint8) and ids are decoded afterwards, because torch cannot
-resize integer id maps with nearest interpolation.
+(panopticapi's ``rgb2id``; 0 = void) plus ``segments_info`` with contiguous ``category_id`` (what
+Detectron2's and dearli's panoptic loaders produce). Files are read through
+:mod:`dearli.data.datasets.validate` (errors name the file; PNG ids missing from the json are
+refused). Geometric transforms act on the id map re-encoded as RGB uint8 (nearest neighbour, as
+for the semantic map) and ids are decoded afterwards: torch cannot resize integer maps with nearest
+interpolation, and PIL's nearest keeps the panoptic and semantic maps aligned.
 """
 from typing import List, Optional
 
@@ -12,51 +14,38 @@ import numpy as np
 import torch
 from detectron2.data import detection_utils as utils
 from detectron2.structures import Instances
-from panopticapi.utils import rgb2id
+from panopticapi.utils import id2rgb, rgb2id
 
-from .augmentation import pad_bottom_right
+from ..datasets import validate
+from .augmentation import check_rgb_format, pad_bottom_right
 
 SEM_SEG_IGNORE = 255
 
 
-def read_image_checked(file_name, image_format="RGB") -> np.ndarray:
-    """An HWC uint8 image; grayscale and RGBA files are converted to RGB by PIL (alpha dropped).
-
-    A missing, corrupt or truncated file raises an error that names it.
-    """
-    try:
-        return utils.read_image(file_name, format=image_format)
-    except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
-        raise OSError(f"cannot read image {file_name!r}: {e}") from e
-
-
 def read_training_image(dataset_dict, image_format="RGB") -> np.ndarray:
-    """The dataset dict's image, checked against its recorded height/width when present."""
-    image = read_image_checked(dataset_dict["file_name"], image_format)
+    """The dataset dict's image as RGB uint8 HxWx3 (conversions and errors: ``validate.read_rgb_image``),
+    checked against the dict's height/width when present (and filled in when absent)."""
+    check_rgb_format(image_format)
+    image = validate.read_rgb_image(dataset_dict["file_name"])
     utils.check_image_size(dataset_dict, image)
     return image
 
 
-def read_panoptic_rgb(dataset_dict) -> np.ndarray:
-    """The panoptic PNG as uint8 HxWx3 (ids still RGB-encoded), checked against the image size."""
-    file_name = dataset_dict["pan_seg_file_name"]
-    pan_rgb = read_image_checked(file_name, "RGB")
-    expected = (dataset_dict.get("height"), dataset_dict.get("width"))
-    if None not in expected and pan_rgb.shape[:2] != expected:
-        raise ValueError(
-            f"panoptic PNG {file_name!r} is {pan_rgb.shape[0]}x{pan_rgb.shape[1]} but its image "
-            f"{dataset_dict['file_name']!r} is {expected[0]}x{expected[1]}"
-        )
-    return pan_rgb
+def read_panoptic_rgb(dataset_dict, image_shape) -> np.ndarray:
+    """The validated panoptic id map, RGB-encoded as uint8 HxWx3 for nearest-neighbour transforms."""
+    ids = validate.read_panoptic_ids(dataset_dict["pan_seg_file_name"], dataset_dict["segments_info"])
+    validate.check_same_size(dataset_dict["file_name"], image_shape, dataset_dict["pan_seg_file_name"], ids.shape)
+    return id2rgb(ids)
 
 
-def read_sem_seg(dataset_dict) -> Optional[np.ndarray]:
+def read_sem_seg(dataset_dict, num_classes, image_shape) -> Optional[np.ndarray]:
     """The semantic label PNG as uint8 HxW (contiguous ids, 255 ignore), or None if the dict has none."""
     file_name = dataset_dict.get("sem_seg_file_name")
     if not file_name:
         return None
-    sem_seg = read_image_checked(file_name, "L")
-    return sem_seg.squeeze(-1) if sem_seg.ndim == 3 else sem_seg
+    sem_seg = validate.read_sem_seg(file_name, num_classes, SEM_SEG_IGNORE)
+    validate.check_same_size(dataset_dict["file_name"], image_shape, file_name, sem_seg.shape)
+    return sem_seg
 
 
 def panoptic_ids(pan_rgb: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ from .augmentation import (
     GeometrySpec,
     StrongColorSpec,
     apply_strong_color,
+    check_rgb_format,
     hwc_to_chw_tensor,
     pad_bottom_right,
     padded_size,
@@ -49,7 +50,6 @@ class UnlabeledWeakStrongMapper:
         cutmix_aspect: Tuple[float, float],
         size_divisibility: int,
         pad_value: int,
-        image_format: str = "RGB",
     ):
         """
         Args:
@@ -70,12 +70,12 @@ class UnlabeledWeakStrongMapper:
         self.cutmix_aspect = tuple(cutmix_aspect)
         self.size_divisibility = size_divisibility
         self.pad_value = pad_value
-        self.image_format = image_format
 
     @classmethod
     def from_config(cls, cfg, is_train=True):
         if not is_train:
             raise ValueError("the unlabeled weak/strong mapper is for training only (is_train=False given)")
+        check_rgb_format(cfg.INPUT.FORMAT)
         unlabeled = cfg.INPUT.UNLABELED
         return {
             "geometry": GeometrySpec.from_config(cfg),
@@ -85,12 +85,11 @@ class UnlabeledWeakStrongMapper:
             "cutmix_aspect": tuple(unlabeled.CUTMIX_ASPECT),
             "size_divisibility": int(cfg.INPUT.SIZE_DIVISIBILITY),
             "pad_value": int(cfg.INPUT.PAD_VALUE),
-            "image_format": cfg.INPUT.FORMAT,
         }
 
     def views(self, dataset_dict, rng):
         """(weak, strong) uint8 [3, h, w] views of one image, unpadded, with shared geometry."""
-        image = read_training_image(copy.copy(dataset_dict), self.image_format)
+        image = read_training_image(copy.copy(dataset_dict))
         transforms = sample_geometry(image.shape[0], image.shape[1], self.geometry, rng)
         weak = hwc_to_chw_tensor(transforms.apply_image(image))
         strong = apply_strong_color(weak, sample_strong_color(self.strong, rng))

@@ -1,0 +1,155 @@
+#!/usr/bin/env python
+"""Render training samples or raw dataset entries to PNG files with Detectron2's Visualizer.
+
+    python tools/visualize_data.py --config-file configs/shapes/tiny_dearli.yaml --num 8 \
+        --output out/vis --source unlabeled [--dataset NAME] [KEY VALUE ...]
+
+Sources:
+- ``labeled``: samples of the train loader's labeled stream (after resize / crop / SSD colour /
+  flip / padding), drawn as [crop | crop with its ground-truth panoptic targets];
+- ``unlabeled``: samples of the unlabeled stream: [weak (teacher) | strong (student)] and, for
+  samples with a CutMix partner, [partner weak | partner strong | mixed student image];
+- ``dataset``: raw entries of a registered dataset (image with its annotations, no augmentation).
+
+``--dataset`` replaces DATASETS.TRAIN (labeled), DATASETS.TRAIN_UNLABELED (unlabeled) or picks the
+dataset to draw (dataset; default DATASETS.TEST[0]). Files: ``<output>/<source>_<index>.png``, each
+panel scaled by ``--scale``. Trailing KEY VALUE pairs override the config, as in train_net.py.
+"""
+import argparse
+import os
+from itertools import islice
+
+import numpy as np
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.utils.visualizer import Visualizer
+from PIL import Image
+
+from dearli.config import add_dearli_config
+from dearli.data import mappers, shapes  # noqa: F401  (registers mappers and dearli_shapes_*)
+from dearli.data.sampling import build_train_batches
+from dearli.engine.pseudo_labels import cutmix_image
+from dearli.engine.visualization import drawing_metadata, draw_panoptic
+
+PANEL_GAP = 4  # white pixels between panels
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, help="YAML config (DATASETS, INPUT, SEED are read)")
+    parser.add_argument("--num", type=int, default=8, help="number of samples to render")
+    parser.add_argument("--output", required=True, help="folder for the PNG files (created)")
+    parser.add_argument("--dataset", default="", help="dataset name replacing the config's (see above)")
+    parser.add_argument("--source", choices=("labeled", "unlabeled", "dataset"), default="labeled")
+    parser.add_argument("--scale", type=float, default=4.0, help="upscaling of each panel (small crops)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    return parser.parse_args(argv)
+
+
+def setup_cfg(args):
+    cfg = get_cfg()
+    add_dearli_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if args.source == "labeled" and args.dataset:
+        cfg.DATASETS.TRAIN = (args.dataset,)
+    if args.source == "unlabeled":
+        cfg.SSL.ENABLED = True
+        if args.dataset:
+            cfg.DATASETS.TRAIN_UNLABELED = (args.dataset,)
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.freeze()
+    return cfg
+
+
+# ----------------------------------------------------------------------------- drawing
+def to_hwc(image: torch.Tensor) -> np.ndarray:
+    return image.permute(1, 2, 0).numpy()
+
+
+def upscale(image: np.ndarray, scale: float) -> np.ndarray:
+    size = (int(round(image.shape[1] * scale)), int(round(image.shape[0] * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.NEAREST))
+
+
+def side_by_side(panels) -> np.ndarray:
+    height = max(p.shape[0] for p in panels)
+    gap = np.full((height, PANEL_GAP, 3), 255, dtype=np.uint8)
+    padded = [np.pad(p, ((0, height - p.shape[0]), (0, 0), (0, 0)), constant_values=255) for p in panels]
+    return np.concatenate([x for p in padded for x in (p, gap)][:-1], axis=1)
+
+
+def instances_to_panoptic(instances, metadata):
+    """Panoptic id map (segment i -> id i+1) and segments_info of ground-truth Instances."""
+    thing_classes = set(metadata.thing_dataset_id_to_contiguous_id.values())
+    seg = torch.zeros(instances.image_size, dtype=torch.int32)
+    segments = []
+    for index, (mask, category) in enumerate(zip(instances.gt_masks, instances.gt_classes.tolist()), start=1):
+        seg[mask] = index
+        segments.append({"id": index, "category_id": category, "isthing": category in thing_classes})
+    return seg, segments
+
+
+def labeled_panels(sample, metadata, scale):
+    image = upscale(to_hwc(sample["image"]), scale)
+    seg, segments = instances_to_panoptic(sample["instances"], metadata)
+    seg = torch.nn.functional.interpolate(seg[None, None].float(), size=image.shape[:2], mode="nearest")[0, 0].int()
+    return [image, draw_panoptic(image, seg, segments, metadata)]
+
+
+def unlabeled_panels(sample, scale):
+    panels = [to_hwc(sample["weak_image"]), to_hwc(sample["strong_image"])]
+    cutmix = sample["cutmix"]
+    if cutmix is not None:
+        mixed = cutmix_image(sample["strong_image"], cutmix["strong_image"], cutmix["box_mask"])
+        panels += [to_hwc(cutmix["weak_image"]), to_hwc(cutmix["strong_image"]), to_hwc(mixed)]
+    return [upscale(np.ascontiguousarray(p), scale) for p in panels]
+
+
+def dataset_panel(dataset_dict, metadata, scale):
+    image = np.asarray(Image.open(dataset_dict["file_name"]).convert("RGB"))
+    visualizer = Visualizer(image, drawing_metadata(metadata), scale=scale)
+    drawn = visualizer.draw_dataset_dict({k: v for k, v in dataset_dict.items() if k != "sem_seg_file_name"})
+    return [upscale(image, scale), drawn.get_image()]
+
+
+# ----------------------------------------------------------------------------- sources
+def training_samples(cfg, key):
+    """Samples of the loader's ``key`` stream ("labeled" / "unlabeled"), iteration after iteration."""
+    batches = build_train_batches(cfg, rank=0, world_size=1)
+    iteration = 0
+    while True:
+        yield from batches.batch_at(iteration)[key]
+        iteration += 1
+
+
+def render(cfg, args):
+    """{file name: RGB image} for the requested source."""
+    if args.source == "dataset":
+        name = args.dataset or (cfg.DATASETS.TEST or cfg.DATASETS.TRAIN)[0]
+        metadata = MetadataCatalog.get(name)
+        dicts = DatasetCatalog.get(name)[: args.num]
+        return {f"dataset_{i:03d}.png": side_by_side(dataset_panel(d, metadata, args.scale)) for i, d in enumerate(dicts)}
+    samples = islice(training_samples(cfg, args.source), args.num)
+    if args.source == "labeled":
+        metadata = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
+        return {f"labeled_{i:03d}.png": side_by_side(labeled_panels(s, metadata, args.scale)) for i, s in enumerate(samples)}
+    return {f"unlabeled_{i:03d}.png": side_by_side(unlabeled_panels(s, args.scale)) for i, s in enumerate(samples)}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.num < 1:
+        raise SystemExit(f"--num must be at least 1, got {args.num}")
+    cfg = setup_cfg(args)
+    os.makedirs(args.output, exist_ok=True)
+    images = render(cfg, args)
+    for file_name, image in images.items():
+        Image.fromarray(image).save(os.path.join(args.output, file_name))
+    print(f"wrote {len(images)} images to {args.output}")
+    return sorted(images)
+
+
+if __name__ == "__main__":
+    main()
