@@ -241,7 +241,9 @@ def _add_sam_config(cfg):
     cfg.SAM.PRED_IOU_THRESH = 0.88
     cfg.SAM.STABILITY_SCORE_THRESH = 0.95
     cfg.SAM.POINTS_PER_BATCH = 256
-    # Directory of generated pseudo-labels for the warm-up (see dearli/data/sam_format.py).
+    # Directory of generated pseudo-labels for the warm-up (see dearli/data/sam_format.py): the
+    # folder holding meta.json, e.g. <root>/vit_h/points_per_side_32_pred_iou_thresh_0.88_
+    # stability_score_thresh_0.95. Empty = the folder the dataset registration names.
     cfg.SAM.LABEL_DIR = ""
     # Drop SAM masks smaller than this many pixels after augmentation (0 = only empty ones).
     cfg.SAM.MIN_MASK_AREA = 1
