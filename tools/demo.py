@@ -1,0 +1,182 @@
+#!/usr/bin/env python
+"""Run a trained DEARLi model on images and write overlays with class names.
+
+    python tools/demo.py --config-file configs/ade20k/dearli_convnext_base_1_128.yaml \
+        --input a.jpg b.jpg --output out/demo [--json] --opts MODEL.WEIGHTS model_final.pth
+
+For each input ``<dir>/<name>.<ext>`` it writes ``<output>/<name>_panoptic.png`` and
+``<output>/<name>_semantic.png`` (the image overlaid with segments labelled by class name) and, with
+``--json``, ``<output>/<name>_segments.json`` (one entry per panoptic segment: id, category_id,
+category_name, isthing, score, area). Files are written atomically.
+
+Open vocabulary: ``--classes "cat,dog,grass"`` or ``--class-file F`` (one class per line, synonyms
+separated by commas, e.g. ``dog,puppy``; blank lines and ``#`` comments ignored) replace the
+model's classes by new text embeddings; ``--stuff "grass"`` marks classes whose segments are merged
+per class (stuff) instead of kept per instance. An input that cannot be read is reported with its
+path, the other inputs are still processed, and the exit code is 1.
+"""
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from detectron2.config import get_cfg
+from detectron2.data.detection_utils import read_image
+from detectron2.utils.logger import setup_logger
+from PIL import Image
+
+import dearli  # noqa: F401
+from dearli.config import add_dearli_config
+from dearli.data import datasets, shapes  # noqa: F401  (registers the dataset names and metadata)
+from dearli.engine.predictor import DEARLiPredictor, check_stuff_names, normalise_class_list
+from dearli.engine.visualization import draw_panoptic, draw_semantic, named_segments
+from dearli.modeling.checkpoint import atomic_write
+
+logger = logging.getLogger("dearli.demo")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="model config (YAML)")
+    parser.add_argument("--input", nargs="+", required=True, metavar="IMG", help="input images")
+    parser.add_argument("--output", required=True, metavar="DIR", help="folder for the overlays")
+    vocabulary = parser.add_mutually_exclusive_group()
+    vocabulary.add_argument("--classes", metavar="NAMES", help='comma-separated class names, "a,b,c"')
+    vocabulary.add_argument("--class-file", metavar="FILE",
+                            help="one class per line, synonyms separated by commas")
+    parser.add_argument("--stuff", default="", metavar="NAMES",
+                        help="comma-separated names of the given classes that are stuff")
+    parser.add_argument("--json", action="store_true", help="also write <name>_segments.json")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
+                        help="config overrides, e.g. MODEL.WEIGHTS model.pth MODEL.DEVICE cpu")
+    return parser
+
+
+def setup_cfg(args):
+    cfg = get_cfg()
+    add_dearli_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    return cfg
+
+
+def split_names(text: str) -> List[str]:
+    """``"a, b,c"`` -> ``["a", "b", "c"]`` (empty items are kept, so they are reported as errors)."""
+    return [name.strip() for name in text.split(",")] if text.strip() else []
+
+
+def read_class_file(path: str) -> List[List[str]]:
+    """Synonym lists, one class per non-blank, non-comment line of ``path``."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"--class-file {path}: cannot read it ({e})") from e
+    return [split_names(line) for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def requested_classes(args) -> Optional[List[List[str]]]:
+    """The validated class list of --classes / --class-file, or None to keep the model's classes."""
+    if args.classes is None and args.class_file is None:
+        if args.stuff:
+            raise ValueError("--stuff needs --classes or --class-file")
+        return None
+    if args.classes is not None:
+        source, classes = "--classes", split_names(args.classes)
+    else:
+        source, classes = f"--class-file {args.class_file}", read_class_file(args.class_file)
+    try:
+        classes = normalise_class_list(classes)
+        check_stuff_names(split_names(args.stuff), [synonyms[0] for synonyms in classes])
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from e
+    return classes
+
+
+def output_stems(inputs: List[str]) -> List[str]:
+    """The ``<name>`` of each input's outputs; two inputs with one name would overwrite each other."""
+    stems = [Path(path).stem for path in inputs]
+    seen = {}
+    for path, stem in zip(inputs, stems):
+        if stem in seen and seen[stem] != path:
+            raise ValueError(f"inputs {seen[stem]} and {path} would both write {stem}_*.png; "
+                             "rename one or run them separately")
+        seen[stem] = path
+    return stems
+
+
+def write_png(path: Path, image) -> None:
+    with atomic_write(str(path)) as f:
+        Image.fromarray(image).save(f, format="PNG")
+
+
+def write_json(path: Path, data) -> None:
+    with atomic_write(str(path)) as f:
+        f.write(json.dumps(data, indent=1).encode("utf-8"))
+
+
+def process_image(predictor: DEARLiPredictor, image, path: str, stem: str, output_dir: Path,
+                  with_json: bool) -> List[Path]:
+    """Predict one image and write its files; returns the written paths."""
+    outputs = predictor(image)
+    pan_seg, segments_info = outputs["panoptic_seg"]
+    pan_seg = pan_seg.cpu()
+    written = [output_dir / f"{stem}_panoptic.png", output_dir / f"{stem}_semantic.png"]
+    write_png(written[0], draw_panoptic(image, pan_seg, segments_info, predictor.metadata))
+    write_png(written[1], draw_semantic(image, outputs["sem_seg"].cpu(), predictor.metadata))
+    if with_json:
+        written.append(output_dir / f"{stem}_segments.json")
+        write_json(written[2], {
+            "file_name": path,
+            "height": int(image.shape[0]),
+            "width": int(image.shape[1]),
+            "classes": list(predictor.metadata.stuff_classes),
+            "segments": named_segments(segments_info, predictor.metadata, pan_seg),
+        })
+    return written
+
+
+def run(args, stems: List[str], classes: Optional[List[List[str]]]) -> List[str]:
+    """Process every input; returns the inputs that could not be read."""
+    predictor = DEARLiPredictor(setup_cfg(args))
+    if classes is not None:
+        predictor.set_classes(classes, stuff=split_names(args.stuff))
+        logger.info("Predicting %d classes: %s", predictor.num_classes, predictor.metadata.stuff_classes)
+    output_dir = Path(args.output)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    failed = []
+    for path, stem in zip(args.input, stems):
+        try:
+            image = read_image(path, format="RGB")
+        except Exception as e:  # missing file, not an image, truncated file ...: skip, report below
+            print(f"error: cannot read input image {path}: {type(e).__name__}: {e}", file=sys.stderr)
+            failed.append(path)
+            continue
+        written = process_image(predictor, image, path, stem, output_dir, args.json)
+        logger.info("%s -> %s", path, ", ".join(str(p) for p in written))
+    return failed
+
+
+def main(argv=None) -> int:
+    """Exit code 0 when every input was processed, 1 when some could not be read, 2 on bad
+    arguments (argparse's convention)."""
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    try:  # argument errors are reported before the (slow) model build
+        stems, classes = output_stems(args.input), requested_classes(args)
+    except ValueError as e:
+        parser.error(str(e))
+    setup_logger(name="dearli")
+    failed = run(args, stems, classes)
+    if failed:
+        print(f"error: {len(failed)} of {len(args.input)} inputs could not be read: {', '.join(failed)}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
