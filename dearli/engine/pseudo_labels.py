@@ -18,7 +18,6 @@ becomes ``segment_weights`` only when MODEL.MASK_FORMER.PSEUDO_CONFIDENCE_WEIGHT
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from detectron2.structures import Instances
 
@@ -185,13 +184,3 @@ def pseudo_label_statistics(labels: List[PanopticLabel], valid_masks: List[torch
         "pseudo_pixel_coverage": covered / max(valid_pixels, 1),
         "class_counts": torch.bincount(classes, minlength=num_classes)[:num_classes],
     }
-
-
-def render_label(image: torch.Tensor, seg: torch.Tensor, alpha: float = 0.5) -> np.ndarray:
-    """uint8 HxWx3 overlay of segment ids on ``image`` (uint8 [3, H, W]); id colours are fixed."""
-    rgb = image.permute(1, 2, 0).cpu().numpy().astype(np.float32)
-    ids = seg.cpu().numpy()
-    palette = np.random.default_rng(0).integers(40, 256, size=(int(ids.max()) + 1, 3)).astype(np.float32)
-    colored = palette[ids]
-    blended = np.where((ids > 0)[..., None], (1 - alpha) * rgb + alpha * colored, rgb)
-    return blended.clip(0, 255).astype(np.uint8)

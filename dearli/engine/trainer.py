@@ -1,0 +1,258 @@
+"""DEARLi's trainer: a thin Detectron2 ``DefaultTrainer`` with a semi-supervised step.
+
+What differs from ``DefaultTrainer`` and why:
+
+* the step (:class:`SemiSupervisedStep`) calls the hook-owned teacher between the data fetch and
+  the student forward, inside the same autocast and with its own timer, so teacher time is not
+  logged as data time; it also checks the losses on every rank before backward;
+* the train loader is built lazily at the first step, at the trainer's iteration: Detectron2 0.6's
+  ``SimpleTrainer`` iterates its loader at construction, before ``resume_or_load`` knows where a
+  resumed run starts;
+* precision (fp32 / bf16 / fp16) comes from :mod:`dearli.engine.precision`, DDP from
+  :mod:`dearli.engine.launch` (CPU processes work), optimizer and LR from :mod:`dearli.engine.optim`;
+* the checkpointer writes atomically and also holds the teacher and the RNG state; periodic
+  evaluation covers student and teacher.
+"""
+import difflib
+import functools
+import logging
+import os
+import time
+import weakref
+from collections import OrderedDict
+
+import torch
+import torch.distributed as dist
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, hooks
+from detectron2.evaluation import DatasetEvaluators, SemSegEvaluator
+from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
+from detectron2.utils.logger import setup_logger
+
+from ..data.sampling import build_train_loader
+from ..evaluation import build_panoptic_evaluator
+from . import optim
+from .hooks import SemiSupervisedHook, TeacherCheckpointable
+from .launch import create_ddp_model
+from .precision import build_precision
+from .state import GlobalRNGState, TrainingCheckpointer, reseed_global_rngs
+
+logger = logging.getLogger(__name__)
+
+
+def check_training_data(cfg) -> None:
+    """Fail early, naming the key, on unregistered datasets or SSL without unlabeled data."""
+    registered = DatasetCatalog.list()
+    for key, names in (("DATASETS.TRAIN", cfg.DATASETS.TRAIN), ("DATASETS.TRAIN_UNLABELED", cfg.DATASETS.TRAIN_UNLABELED)):
+        for name in names:
+            if name not in registered:
+                close = difflib.get_close_matches(name, registered, n=5, cutoff=0.6)
+                raise KeyError(
+                    f"{key} names {name!r}, which is not a registered dataset (close names: {close or 'none'}); "
+                    "register it, or import the module that does (e.g. `import dearli`)"
+                )
+    if cfg.SSL.ENABLED and not cfg.DATASETS.TRAIN_UNLABELED:
+        raise ValueError(
+            "SSL.ENABLED is True but DATASETS.TRAIN_UNLABELED is empty: semi-supervised training needs "
+            "unlabeled data (or set SSL.ENABLED False for the supervised-only baseline)"
+        )
+    if cfg.SSL.ENABLED and cfg.DATALOADER.UNLABELED_RATIO <= 0:
+        raise ValueError(f"SSL.ENABLED needs DATALOADER.UNLABELED_RATIO > 0, got {cfg.DATALOADER.UNLABELED_RATIO}")
+
+
+def stop_if_not_finite(loss_dict, iteration: int) -> None:
+    """Raise FloatingPointError on *every* process when any process has a non-finite loss.
+
+    The flag is all-reduced before backward, so no process is left waiting in DDP's gradient
+    all-reduce (Detectron2 0.6 raises on the main process only, after backward).
+    """
+    values = torch.stack([v.detach().float().reshape(()) for v in loss_dict.values()])
+    local_bad = [name for name, finite in zip(loss_dict, torch.isfinite(values).tolist()) if not finite]
+    if comm.get_world_size() == 1:
+        reports = [local_bad]
+    else:
+        flag = torch.tensor([float(len(local_bad))], device=values.device)
+        dist.all_reduce(flag)
+        if flag.item() == 0:
+            return
+        reports = comm.all_gather(local_bad)
+    if any(reports):
+        where = "; ".join(f"rank {rank}: {', '.join(names)}" for rank, names in enumerate(reports) if names)
+        raise FloatingPointError(
+            f"non-finite loss at iteration {iteration} ({where}); training stopped on every process "
+            "before the optimizer step, so the last checkpoint is the last good state"
+        )
+
+
+class SemiSupervisedStep(SimpleTrainer):
+    """One optimizer step: batch -> (teacher) -> student losses -> checks -> backward -> step.
+
+    Args:
+        model: the student (possibly DDP-wrapped).
+        loader_factory: ``loader_factory(start_iter=...)`` -> iterable of
+            ``{"labeled": [...], "unlabeled": [...]}``; called at the first step.
+        optimizer: its ``step`` clips gradients when configured (see :mod:`.optim`).
+        make_inputs: batch -> model input; runs the teacher (timed as ``teacher_time``).
+        precision: :class:`~dearli.engine.precision.Precision`.
+        seed: base seed of the per-step reseeding of the global generators.
+    """
+
+    def __init__(self, model, loader_factory, optimizer, *, make_inputs, precision, seed: int):
+        TrainerBase.__init__(self)  # not SimpleTrainer.__init__: it would iterate the loader now
+        model.train()
+        self.model = model
+        self.optimizer = optimizer
+        self.data_loader = None
+        self._loader_factory = loader_factory
+        self._loader_iter = None
+        self.make_inputs = make_inputs
+        self.precision = precision
+        self.seed = seed
+        self.clock = time.perf_counter  # replaceable (tests use a fake clock)
+
+    def _next_batch(self):
+        if self._loader_iter is None:
+            self.data_loader = self._loader_factory(start_iter=self.iter)
+            self._loader_iter = iter(self.data_loader)
+        return next(self._loader_iter)
+
+    def _now(self) -> float:
+        if self.precision.device_type == "cuda":
+            torch.cuda.synchronize()
+        return self.clock()
+
+    def run_step(self):
+        assert self.model.training, "[SemiSupervisedStep] model was changed to eval mode!"
+        reseed_global_rngs(self.seed, self.iter, comm.get_rank())
+        start = self._now()
+        batch = self._next_batch()
+        data_time = self._now() - start
+        with self.precision.autocast():
+            teacher_start = self._now()
+            inputs = self.make_inputs(batch)
+            student_start = self._now()
+            loss_dict = self.model(inputs)
+        stop_if_not_finite(loss_dict, self.iter)
+        losses = sum(loss_dict.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        self.precision.backward(losses)
+        self._write_metrics(loss_dict, data_time)
+        self.precision.step(self.optimizer)
+        storage = get_event_storage()
+        storage.put_scalars(teacher_time=student_start - teacher_start, student_time=self._now() - student_start)
+        grad_norm = getattr(self.optimizer, "last_grad_norm", None)
+        if grad_norm is not None:
+            storage.put_scalar("grad_norm", float(grad_norm))
+
+    def state_dict(self):
+        state = super().state_dict()
+        state["grad_scaler"] = self.precision.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        self.precision.load_state_dict(state_dict.get("grad_scaler", {}))
+
+
+def resolve_seed(cfg) -> int:
+    """cfg.SEED, or (SEED < 0) one random seed shared by all processes."""
+    if cfg.SEED >= 0:
+        return int(cfg.SEED)
+    seed = comm.all_gather(int.from_bytes(os.urandom(4), "little"))[0]
+    logger.info("SEED < 0: using random seed %d for this run (set SEED for reproducible runs)", seed)
+    return seed
+
+
+class DEARLiTrainer(DefaultTrainer):
+    """``DefaultTrainer`` for DEARLi (supervised-only, DEAR and DEARLi runs alike)."""
+
+    def __init__(self, cfg):
+        TrainerBase.__init__(self)  # DefaultTrainer.__init__ builds an eager loader and a CUDA-only DDP
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
+        check_training_data(cfg)
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        model = create_ddp_model(model, broadcast_buffers=False)
+        # The teacher is copied from the DDP-broadcast student, so it is identical on every rank.
+        self.ssl = SemiSupervisedHook(cfg, model)
+        self._trainer = SemiSupervisedStep(
+            model, functools.partial(self.build_train_loader, cfg), optimizer,
+            make_inputs=self.ssl.student_inputs, precision=build_precision(cfg), seed=resolve_seed(cfg),
+        )
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = TrainingCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self),
+            teacher=TeacherCheckpointable(self.ssl.teacher), rng=GlobalRNGState(),
+        )
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    def resume_or_load(self, resume=True):
+        """Resume (student, teacher, optimizer, scheduler, scaler, RNG, iteration) from
+        ``last_checkpoint``, or load MODEL.WEIGHTS into the student and initialise the teacher."""
+        super().resume_or_load(resume=resume)
+        if not (resume and self.checkpointer.has_checkpoint()):
+            self.ssl.initialize_teacher()
+
+    def build_hooks(self):
+        cfg = self.cfg
+        ret = [hooks.IterationTimer(), self.ssl, hooks.LRScheduler()]  # EMA before checkpoint / eval
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+        ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, self.evaluate_student_and_teacher))
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicWriter(self.build_writers(), period=20))
+        return ret
+
+    def evaluate_student_and_teacher(self):
+        """Student results at the top level (Detectron2 convention), the teacher's under "teacher"."""
+        results = self.test(self.cfg, self.model)
+        if self.cfg.MODEL.TEACHER.EVALUATE:
+            results = OrderedDict(results)
+            results["teacher"] = self.test(self.cfg, self.ssl.teacher)
+        self._last_eval_results = results
+        return results
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return optim.build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        return optim.build_lr_scheduler(cfg, optimizer)
+
+    @classmethod
+    def build_train_loader(cls, cfg, start_iter: int = 0):
+        return build_train_loader(cfg, start_iter=start_iter)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+
+def build_evaluator(cfg, dataset_name, output_folder=None):
+    """PQ/SQ/RQ (per class too) and mIoU evaluators for ``dataset_name``.
+
+    Semantic-only datasets are registered with all-stuff panoptic ground truth, so they get PQ
+    with every class as stuff next to mIoU.
+    """
+    records = DatasetCatalog.get(dataset_name)  # some registrations fill their metadata on load
+    metadata = MetadataCatalog.get(dataset_name)
+    test_cfg = cfg.MODEL.MASK_FORMER.TEST
+    evaluators = []
+    if test_cfg.PANOPTIC_ON and metadata.get("panoptic_json", None):
+        evaluators.append(build_panoptic_evaluator(dataset_name, output_folder))
+    if test_cfg.SEMANTIC_ON and records and "sem_seg_file_name" in records[0]:
+        evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
+    if not evaluators:
+        raise ValueError(
+            f"no evaluator for {dataset_name!r} (evaluator_type={metadata.get('evaluator_type', None)!r}): "
+            "it has neither panoptic_json (PQ) nor sem_seg_file_name records (mIoU), or "
+            "MODEL.MASK_FORMER.TEST.PANOPTIC_ON and SEMANTIC_ON are both off"
+        )
+    return DatasetEvaluators(evaluators)
