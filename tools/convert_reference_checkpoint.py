@@ -22,8 +22,8 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
-from dearli.config import add_dearli_config
 import dearli  # noqa: F401  (registers datasets and model components)
+from dearli.config import add_dearli_config
 from dearli.modeling import meta_arch  # noqa: F401  (registers the DEARLi meta-architecture)
 from dearli.modeling.checkpoint import (
     DEARLiCheckpointer,

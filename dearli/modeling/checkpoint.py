@@ -8,7 +8,6 @@ Frozen CLIP tensors missing from a checkpoint are expected: they come from
 MODEL.OPEN_CLIP.PRETRAINED, applied when the backbone is built, before MODEL.WEIGHTS.
 """
 import contextlib
-import logging
 import os
 import tempfile
 from collections import defaultdict
@@ -19,7 +18,6 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from tabulate import tabulate
 
-logger = logging.getLogger(__name__)
 
 FROZEN_CLIP_PREFIX = "backbone.clip_model."
 # Top-level modules reported per child module rather than as one row.
@@ -90,7 +88,7 @@ class DEARLiCheckpointer(DetectionCheckpointer):
         incompatible = super()._load_model(checkpoint)
         report = self._report(incompatible)
         self.last_load_report = report
-        logger.info("Loaded weights from %s:\n%s", getattr(self, "_loading_path", "?"), report.table())
+        self.logger.info("Loaded weights from %s:\n%s", getattr(self, "_loading_path", "?"), report.table())
         self._fail_if_nothing_trainable_matched(report)
         return incompatible
 

@@ -89,24 +89,27 @@ class HungarianMatcher(nn.Module):
         """
         if generators is None:
             generators = [None] * len(targets)
+        masks = pred_masks.float()
+        # One draw of shared points per image (its own generator), then one sampling call for all
+        # predictions of the batch: [B, Q, P].
+        points = torch.cat([uniform_points(1, self.num_points, masks.device, g) for g in generators])
+        pred_points = point_sample(masks, points)
         costs = [
-            self._cost_matrix(pred_logits[b].float(), pred_masks[b].float(), target, generator)
-            for b, (target, generator) in enumerate(zip(targets, generators))
+            self._cost_matrix(pred_logits[b].float(), pred_points[b], points[b:b + 1], target)
+            for b, target in enumerate(targets)
         ]
         return self._assign(costs)
 
-    def _cost_matrix(self, logits, masks, target, generator) -> torch.Tensor:
+    def _cost_matrix(self, logits, pred_points, points, target) -> torch.Tensor:
         """[Q, N] matching cost of one image, on the prediction's device."""
-        num_queries, num_targets = masks.shape[0], len(target["labels"])
+        num_queries, num_targets = pred_points.shape[0], len(target["labels"])
         if num_targets == 0:
-            return masks.new_zeros(num_queries, 0)
-        points = uniform_points(1, self.num_points, masks.device, generator)  # [1, P, 2]
-        pred_points = point_sample(masks[None], points)[0]  # queries as channels: [Q, P]
-        target_points = point_sample(target["masks"][None].to(masks), points)[0]  # [N, P]
+            return pred_points.new_zeros(num_queries, 0)
+        target_points = point_sample(target["masks"][None].to(pred_points), points)[0]  # [N, P]
         point_weights = None
         if self.ignore_padding and target.get("valid_mask") is not None:
-            point_weights = point_sample(target["valid_mask"][None, None].to(masks), points)[0, 0]
-        cost = masks.new_zeros(num_queries, num_targets)
+            point_weights = point_sample(target["valid_mask"][None, None].to(pred_points), points)[0, 0]
+        cost = pred_points.new_zeros(num_queries, num_targets)
         if self.cost_mask:
             cost += self.cost_mask * sigmoid_ce_cost(pred_points, target_points, point_weights)
         if self.cost_dice:

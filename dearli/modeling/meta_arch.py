@@ -12,7 +12,7 @@ original size, so ``COCOPanopticEvaluator`` and ``SemSegEvaluator`` work unchang
 Teacher: ``predict_panoptic(images, zero_shot, object_threshold, overlap_threshold)`` returns
 panoptic pseudo-labels at the input canvas resolution through the same ``panoptic_inference``.
 """
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Sequence, Tuple, Union
 
 import torch
 from detectron2.config import configurable
