@@ -17,13 +17,14 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
+
+from .checkpoint import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -212,15 +213,9 @@ def _read_disk_cache(path, key):
 
 
 def _write_disk_cache(path, key, rows, num_synonyms):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            torch.save({"key": key, "rows": rows, "num_synonyms": num_synonyms}, f)
-        os.replace(tmp_name, path)  # atomic: readers see the old file or the complete new one
-    except BaseException:
-        os.unlink(tmp_name)
-        raise
+    # Atomic: a concurrent reader (another rank or job) sees the old file or the complete new one.
+    with atomic_write(str(path)) as f:
+        torch.save({"key": key, "rows": rows, "num_synonyms": num_synonyms}, f)
 
 
 def get_text_classifier(backbone, class_synonyms, templates, batch_size=128, cache_dir=None):

@@ -53,7 +53,7 @@ def resolve_pretrained_file(model_name, pretrained):
     """Return a local weight file for ``pretrained``: a file path, or an OpenCLIP tag (downloaded
     into the OpenCLIP/Hugging Face cache on first use)."""
     if os.path.isfile(pretrained):
-        return pretrained
+        return os.path.abspath(pretrained)  # absolute: never mistaken for a tag by open_clip
     tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
     if not tag_cfg:
         if os.sep in pretrained or Path(pretrained).suffix:
@@ -86,17 +86,21 @@ def resolve_pretrained_file_once_per_node(model_name, pretrained):
     return path
 
 
-def load_pretrained_clip(clip_model, model_name, path):
-    """Load an OpenCLIP weight file into ``clip_model``."""
+def build_clip_model(model_name, weights_file=None):
+    """The OpenCLIP model, random or with the weights of a local file (loaded strictly by open_clip:
+    safetensors, or torch.load with weights_only=True)."""
     try:
-        # open_clip handles safetensors, 'state_dict' wrapping and 'module.' prefixes; weights_only.
-        open_clip.load_checkpoint(clip_model, path, strict=True, weights_only=True)
+        clip_model = open_clip.create_model(model_name, pretrained=weights_file)
     except Exception as e:
+        if weights_file is None:
+            raise
         raise RuntimeError(
-            f"MODEL.OPEN_CLIP.PRETRAINED: could not load {path!r} into OpenCLIP model "
+            f"MODEL.OPEN_CLIP.PRETRAINED: could not load {weights_file!r} into OpenCLIP model "
             f"{model_name}: {e}"
         ) from e
-    logger.info(f"Loaded OpenCLIP weights for {model_name} from {path}.")
+    if weights_file:
+        logger.info(f"Loaded OpenCLIP weights for {model_name} from {weights_file}.")
+    return clip_model
 
 
 def _drop_frozen_clip_entries(module, state_dict, prefix, local_metadata):
@@ -134,10 +138,8 @@ class OpenCLIPBackbone(Backbone):
         check_model_name(model_name)
         # Resolve (and download) the weights before the slow model build, so bad values fail fast.
         weights = resolve_pretrained_file_once_per_node(model_name, pretrained) if pretrained else None
-        self.clip_model = open_clip.create_model(model_name, pretrained=None)
+        self.clip_model = build_clip_model(model_name, weights)
         self._check_convnext_trunk()
-        if weights:
-            load_pretrained_clip(self.clip_model, model_name, weights)
         # Incremented whenever CLIP weights are (re)loaded; caches of derived tensors compare it.
         self.clip_weights_version = 1 if pretrained else 0
         self.freeze = freeze
