@@ -18,7 +18,6 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from tabulate import tabulate
 
-
 FROZEN_CLIP_PREFIX = "backbone.clip_model."
 # Top-level modules reported per child module rather than as one row.
 SPLIT_MODULES = ("sem_seg_head",)
@@ -142,6 +141,8 @@ def atomic_write(path: str):
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
+            f.flush()
+            os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -136,7 +136,7 @@ class DEARLi(nn.Module):
         results = []
         for scores, masks, image_size, sample in zip(class_scores, mask_logits, images.image_sizes, batched_inputs):
             height, width = sample.get("height", image_size[0]), sample.get("width", image_size[1])
-            masks = sem_seg_postprocess(masks, image_size, height, width)
+            masks = sem_seg_postprocess(_upsample(masks, images.tensor.shape[-2:]), image_size, height, width)
             result = {}
             if self.semantic_on:
                 result["sem_seg"] = semantic_inference(scores, masks)
@@ -161,8 +161,11 @@ class DEARLi(nn.Module):
             images = [images.tensor[i, :, :h, :w] for i, (h, w) in enumerate(images.image_sizes)]
         images = self.preprocess_images(images)
         class_scores, mask_logits = self._scores_and_masks(images, zero_shot)
+        padded_size = images.tensor.shape[-2:]
         return [
-            panoptic_inference(scores, masks[:, :h, :w], self.thing_ids, object_threshold, overlap_threshold)
+            panoptic_inference(
+                scores, _upsample(masks, padded_size)[:, :h, :w], self.thing_ids, object_threshold, overlap_threshold
+            )
             for scores, masks, (h, w) in zip(class_scores, mask_logits, images.image_sizes)
         ]
 
@@ -188,17 +191,16 @@ class DEARLi(nn.Module):
         return classifier_with_void(rows.to(self.device), self.void_embedding.weight), num_synonyms
 
     def _scores_and_masks(self, images: ImageList, zero_shot: bool):
-        """Class scores [B, Q, C+1] and mask logits upsampled to the padded batch size."""
+        """Class scores [B, Q, C+1] (the zero-shot ensemble's log-probabilities when ``zero_shot``)
+        and the stride-4 mask logits [B, Q, H/4, W/4]; masks are upsampled one image at a time
+        (a batch of 200 full-size mask maps would take gigabytes)."""
         features, outputs = self.predict_raw(images.tensor)
         class_scores = outputs["pred_logits"]
         if zero_shot:
             class_scores = clip_head.ensemble_class_scores(
                 self.backbone, features, outputs, *self.classifier(), self.ensemble_alpha
             )
-        mask_logits = F.interpolate(
-            outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear", align_corners=False
-        )
-        return class_scores, mask_logits
+        return class_scores, outputs["pred_masks"]
 
     def prepare_targets(self, samples: List[Dict], padded_size) -> List[Dict]:
         """Criterion targets with masks (and valid areas) padded to the batch canvas."""
@@ -239,6 +241,11 @@ def _training_sets(batched_inputs) -> Tuple[List[Dict], List[Dict]]:
     if not labeled and not pseudo_labeled:
         raise ValueError("DEARLi.forward: the training batch holds no samples")
     return labeled, pseudo_labeled
+
+
+def _upsample(mask_logits: torch.Tensor, size) -> torch.Tensor:
+    """One image's mask logits [Q, h, w] bilinearly resized to the padded input size."""
+    return F.interpolate(mask_logits[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
 
 
 def _pad_to(mask: torch.Tensor, size) -> torch.Tensor:
