@@ -124,7 +124,8 @@ def check_disjoint(labeled_entries, unlabeled_entries):
 def register_labeled_split(name, load_full, metadata, split_file, source):
     """Register ``name``: the dicts of ``load_full()`` listed in ``split_file`` (lazy)."""
     def load():
-        return select_labeled(load_full(), read_split_file(split_file), source)
+        entries = read_split_file(split_file)  # first: list errors need no dataset json
+        return select_labeled(load_full(), entries, source)
 
     register_dataset(name, load, metadata)
 
@@ -142,6 +143,7 @@ def register_unlabeled_list(name, split_file, labeled_file, dataset_root, metada
 def register_unlabeled_complement(name, load_full, labeled_file, metadata, source):
     """Register ``name``: every image of ``load_full()`` that ``labeled_file`` does not list."""
     def load():
-        return complement(load_full(), read_split_file(labeled_file), source)
+        entries = read_split_file(labeled_file)
+        return complement(load_full(), entries, source)
 
     register_dataset(name, load, metadata)
