@@ -24,6 +24,7 @@ start_iter + w, start_iter + w + n, ... and the DataLoader's round-robin returns
 so the output does not depend on the number of workers. ``SEED < 0`` (Detectron2's "random") is
 taken modulo 2^64 like any seed, so runs stay reproducible; set ``SEED`` to vary the data order.
 """
+import difflib
 import itertools
 import logging
 from dataclasses import dataclass
@@ -166,10 +167,11 @@ def dataset_dicts(cfg_key, names) -> List[dict]:
         names = (names,)
     dicts = []
     for name in names:
-        try:
-            dicts.extend(DatasetCatalog.get(name))
-        except KeyError as e:
-            raise KeyError(f"{cfg_key} lists {name!r}, which is not a registered dataset: {e}") from e
+        if name not in DatasetCatalog:
+            close = difflib.get_close_matches(name, DatasetCatalog.list(), n=3)
+            raise KeyError(f"{cfg_key} lists {name!r}, which is not a registered dataset (similar names: {close}; "
+                           "is the module that registers it imported?)")
+        dicts.extend(DatasetCatalog.get(name))
     if not dicts:
         raise ValueError(f"{cfg_key}={tuple(names)} gives no images")
     return dicts
