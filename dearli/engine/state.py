@@ -29,22 +29,33 @@ from ..modeling.checkpoint import DEARLiCheckpointer
 
 logger = logging.getLogger(__name__)
 
-# Fixed salt: the global generators get a stream unrelated to the data sampler's streams.
-_GLOBAL_STREAM = 0x6D6F64656C
+# Fixed salts: the global generators get streams unrelated to the data sampler's streams, and
+# model initialisation a stream unrelated to the training steps'.
+_STEP_STREAM = 0x6D6F64656C
+_INIT_STREAM = 0x696E6974
 
 
-def iteration_seed(seed: int, iteration: int, rank: int) -> int:
-    """A 63-bit seed mixed from (seed, iteration, rank) by NumPy's SeedSequence."""
-    entropy = [int(seed) & 0xFFFFFFFFFFFFFFFF, int(iteration), int(rank), _GLOBAL_STREAM]
+def iteration_seed(seed: int, iteration: int, rank: int, stream: int = _STEP_STREAM) -> int:
+    """A 63-bit seed mixed from (seed, iteration, rank, stream) by NumPy's SeedSequence."""
+    entropy = [int(seed) & 0xFFFFFFFFFFFFFFFF, int(iteration), int(rank), int(stream)]
     return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]) & 0x7FFFFFFFFFFFFFFF
+
+
+def _seed_all(value: int) -> None:
+    torch.manual_seed(value)
+    np.random.seed(value & 0xFFFFFFFF)
+    random.seed(value)
 
 
 def reseed_global_rngs(seed: int, iteration: int, rank: int) -> None:
     """Seed torch (CPU and CUDA), NumPy's global generator and Python's ``random`` for one step."""
-    value = iteration_seed(seed, iteration, rank)
-    torch.manual_seed(value)
-    np.random.seed(value & 0xFFFFFFFF)
-    random.seed(value)
+    _seed_all(iteration_seed(seed, iteration, rank))
+
+
+def seed_model_init(seed: int) -> None:
+    """Seed the global generators before the model is built, so its initial weights depend on
+    ``seed`` only (the same on every process; DDP broadcasts rank 0's weights anyway)."""
+    _seed_all(iteration_seed(seed, 0, 0, _INIT_STREAM))
 
 
 def capture_rng_state() -> Dict:

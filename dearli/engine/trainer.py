@@ -36,7 +36,7 @@ from . import optim
 from .hooks import SemiSupervisedHook, TeacherCheckpointable
 from .launch import create_ddp_model
 from .precision import build_precision
-from .state import GlobalRNGState, TrainingCheckpointer, reseed_global_rngs
+from .state import GlobalRNGState, TrainingCheckpointer, reseed_global_rngs, seed_model_init
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +173,8 @@ class DEARLiTrainer(DefaultTrainer):
             setup_logger()
         cfg = self.auto_scale_workers(cfg, comm.get_world_size())
         check_training_data(cfg)
+        seed = resolve_seed(cfg)
+        seed_model_init(seed)
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         model = create_ddp_model(model, broadcast_buffers=False)
@@ -180,7 +182,7 @@ class DEARLiTrainer(DefaultTrainer):
         self.ssl = SemiSupervisedHook(cfg, model)
         self._trainer = SemiSupervisedStep(
             model, functools.partial(self.build_train_loader, cfg), optimizer,
-            make_inputs=self.ssl.student_inputs, precision=build_precision(cfg), seed=resolve_seed(cfg),
+            make_inputs=self.ssl.student_inputs, precision=build_precision(cfg), seed=seed,
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = TrainingCheckpointer(
@@ -198,6 +200,20 @@ class DEARLiTrainer(DefaultTrainer):
         super().resume_or_load(resume=resume)
         if not (resume and self.checkpointer.has_checkpoint()):
             self.ssl.initialize_teacher()
+
+    def state_dict(self):
+        # Detectron2 0.6's DefaultTrainer saves only the iteration and hook states; the step
+        # runner holds the optimizer and the grad scaler.
+        state = super().state_dict()
+        state["_trainer"] = self._trainer.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "_trainer" not in state_dict:
+            raise KeyError("the checkpoint's trainer state has no optimizer ('_trainer'); it was not written "
+                           "by DEARLiTrainer, so it cannot be resumed (load it as MODEL.WEIGHTS instead)")
+        self._trainer.load_state_dict(state_dict["_trainer"])
 
     def build_hooks(self):
         cfg = self.cfg
