@@ -5,6 +5,7 @@ import torch
 from detectron2.data.detection_utils import read_image
 
 from dearli.engine.predictor import DEARLiPredictor, normalise_class_list
+from dearli.engine.trainer import DEARLiTrainer
 from tests.helpers.tiny import tiny_cfg
 from tests.helpers.tiny_weights import save_tiny_checkpoint
 
@@ -49,12 +50,19 @@ def test_weights_differ_without_checkpoint(predictor):
     assert not torch.equal(fresh[name], predictor.model.state_dict()[name])
 
 
-def test_same_config_builds_the_same_random_weights():
-    first, second = DEARLiPredictor(tiny_cfg()), DEARLiPredictor(tiny_cfg())
-    for (name, a), b in zip(first.model.state_dict().items(), second.model.state_dict().values()):
-        assert torch.equal(a, b), name
-    # The frozen CLIP is not in checkpoints: it must be reproducible from the config alone.
-    assert torch.equal(first.model.backbone.clip_model.logit_scale, second.model.backbone.clip_model.logit_scale)
+def test_random_frozen_clip_is_the_one_the_trainer_built(tmp_path):
+    # A frozen CLIP without pretrained weights is not saved in checkpoints, so the predictor must
+    # rebuild the trainer's random CLIP from cfg.SEED; the caller's generators are left untouched.
+    cfg = tiny_cfg(OUTPUT_DIR=str(tmp_path))
+    trainer_clip = DEARLiTrainer(cfg).model.backbone.clip_model.state_dict()
+    torch.manual_seed(7)
+    expected_next_draw = torch.rand(3)
+    torch.manual_seed(7)
+    predictor_clip = DEARLiPredictor(cfg).model.backbone.clip_model.state_dict()
+    assert torch.equal(torch.rand(3), expected_next_draw)
+    assert trainer_clip.keys() == predictor_clip.keys()
+    for name, tensor in trainer_clip.items():
+        assert torch.equal(tensor, predictor_clip[name]), name
 
 
 def test_outputs_have_the_input_size(predictor, sample_images):

@@ -27,6 +27,7 @@ from detectron2.modeling import build_model
 from ..modeling import meta_arch  # noqa: F401  (registers the DEARLi meta-architecture)
 from ..modeling.checkpoint import DEARLiCheckpointer
 from ..modeling.text_classifier import TextClassifier
+from .state import capture_rng_state, restore_rng_state, seed_model_init
 
 logger = logging.getLogger(__name__)
 
@@ -116,14 +117,17 @@ class DEARLiPredictor:
 
 
 def _build_seeded_model(cfg):
-    """``build_model(cfg)`` with torch's generator seeded from cfg.SEED (when >= 0) and restored
-    afterwards: weights that no checkpoint provides (a frozen CLIP built without
-    MODEL.OPEN_CLIP.PRETRAINED is not saved) are then the same in every process."""
+    """``build_model(cfg)`` seeded from cfg.SEED (when >= 0) exactly as DEARLiTrainer seeds it, with
+    the caller's generator states restored afterwards. Weights no checkpoint holds (a frozen CLIP
+    built without MODEL.OPEN_CLIP.PRETRAINED is not saved) then equal those the model was trained with."""
     if cfg.SEED < 0:
         return build_model(cfg)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.SEED)
+    caller_state = capture_rng_state()
+    try:
+        seed_model_init(cfg.SEED)
         return build_model(cfg)
+    finally:
+        restore_rng_state(caller_state)
 
 
 def normalise_class_list(classes: Sequence[ClassSpec]) -> List[List[str]]:
