@@ -6,9 +6,11 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from scipy import ndimage
 
+from dearli.data.datasets import register_builtin_datasets
 from dearli.data.datasets.metadata import ADE20K_THING_IDS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -96,3 +98,11 @@ def write_json(path, obj):
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def restore_default_registrations():
+    """Tests re-register the standard names on temporary roots; give them back their default
+    (environment-based) registrations afterwards, for the test modules that run later."""
+    yield
+    register_builtin_datasets()
