@@ -123,16 +123,22 @@ class TrainingCheckpointer(DEARLiCheckpointer):
         except FileNotFoundError:
             raise
         except Exception as error:  # torch raises several types for truncated / corrupt zip files
+            raise UnreadableCheckpointError(self._unreadable_message(filename, error)) from error
+
+    def _unreadable_message(self, filename: str, error: Exception) -> str:
+        last_file = os.path.join(self.save_dir, "last_checkpoint") if self.save_dir else None
+        named_by_last = bool(last_file) and os.path.abspath(self.get_checkpoint_file()) == os.path.abspath(filename)
+        source = f"named by {last_file}" if named_by_last else "given as weights"
+        message = (f"checkpoint {filename} ({source}) cannot be read: it is probably truncated or corrupt "
+                   f"({type(error).__name__}: {error}).")
+        if named_by_last:
             previous = self.newest_readable_checkpoint(exclude=filename)
-            advice = (
-                f"the newest readable checkpoint in {self.save_dir} is {previous}; to resume from it, "
-                f"write its file name into {os.path.join(self.save_dir, 'last_checkpoint')}"
-                if previous else f"no other readable checkpoint was found in {self.save_dir!r}"
-            )
-            raise UnreadableCheckpointError(
-                f"checkpoint {filename} cannot be read ({type(error).__name__}: {error}); it is probably "
-                f"truncated or corrupt. {advice}, or remove it and start again."
-            ) from error
+            if previous:
+                message += (f" The newest readable checkpoint there is {previous}; to resume from it, "
+                            f"write {os.path.basename(previous)!r} into {last_file}.")
+            else:
+                message += f" No other readable checkpoint is in {self.save_dir}."
+        return message
 
     def newest_readable_checkpoint(self, exclude: Optional[str] = None) -> Optional[str]:
         """The readable ``*.pth`` in the save directory with the highest iteration in its name."""
