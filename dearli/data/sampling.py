@@ -21,12 +21,13 @@ of restarting it. Every sample's augmentation (and its CutMix partner choice) dr
 ``numpy.random.Generator(SeedSequence([SEED, i, r, s, stream]))``; its ``sample_seed`` comes from
 the same sequence. With ``DATALOADER.NUM_WORKERS = n`` worker w builds iterations
 start_iter + w, start_iter + w + n, ... and the DataLoader's round-robin returns them in order,
-so the output does not depend on the number of workers. ``SEED < 0`` (Detectron2's "random") is
-taken modulo 2^64 like any seed, so runs stay reproducible; set ``SEED`` to vary the data order.
+so the output does not depend on the number of workers. ``SEED < 0`` (Detectron2's "random")
+draws one random seed shared by all ranks: such a run cannot be replayed, so set ``SEED``.
 """
 import difflib
 import itertools
 import logging
+import os
 from dataclasses import dataclass
 from typing import Callable, List, Optional
 
@@ -48,8 +49,12 @@ _PERMUTATION_TAG = 0x7065726D
 
 
 def seed_of(cfg) -> int:
-    """cfg.SEED as a non-negative 64-bit value (SeedSequence takes no negative entropy)."""
-    return int(cfg.SEED) & 0xFFFFFFFFFFFFFFFF
+    """cfg.SEED; when negative (Detectron2's "random"), a random seed shared by all processes."""
+    if cfg.SEED >= 0:
+        return int(cfg.SEED)
+    seed = comm.all_gather(int.from_bytes(os.urandom(4), "little"))[0]
+    logger.warning("SEED < 0: the data order uses random seed %d; set SEED for reproducible, resumable runs", seed)
+    return seed
 
 
 def sample_seed_sequence(seed, iteration, rank, slot, stream) -> np.random.SeedSequence:
@@ -120,7 +125,7 @@ class TrainBatches(torchdata.IterableDataset):
         self.labeled_mapper, self.unlabeled_mapper = labeled_mapper, unlabeled_mapper
         self.layout, self.seed, self.start_iter = layout, seed, int(start_iter)
         self.labeled_stream = EpochPermutationStream(len(labeled), seed, LABELED_STREAM)
-        self.unlabeled_stream = EpochPermutationStream(len(unlabeled), seed, UNLABELED_STREAM) if unlabeled else None
+        self.unlabeled_stream = EpochPermutationStream(len(unlabeled), seed, UNLABELED_STREAM) if unlabeled is not None else None
 
     def _rng(self, iteration, slot, stream):
         return np.random.default_rng(sample_seed_sequence(self.seed, iteration, self.layout.rank, slot, stream))
@@ -150,7 +155,7 @@ class TrainBatches(torchdata.IterableDataset):
         return samples
 
     def batch_at(self, iteration) -> dict:
-        """The batch of ``iteration`` for this rank; a pure function of (config, iteration, rank)."""
+        """The batch of ``iteration`` for this rank: a pure function of (config, iteration, rank, world size)."""
         unlabeled = self.unlabeled_samples(iteration) if self.layout.unlabeled_per_rank else []
         return {"iteration": iteration, "labeled": self.labeled_samples(iteration), "unlabeled": unlabeled}
 

@@ -40,7 +40,11 @@ def check_rgb_format(image_format):
 # ----------------------------------------------------------------------------- geometry
 @dataclass(frozen=True)
 class GeometrySpec:
-    """Resize-shortest-edge -> random crop -> horizontal flip, as in Mask2Former's panoptic mapper."""
+    """Resize-shortest-edge -> random crop -> horizontal flip, as in Mask2Former's panoptic mapper.
+
+    The reference crops with ``RandomCrop_CategoryAreaConstraint`` at max area 1.0, which is a plain
+    random crop; that is what this does.
+    """
 
     min_sizes: Tuple[int, ...]
     max_size: int
@@ -113,20 +117,15 @@ def sample_hflip(width, flip_prob, rng) -> T.Transform:
 def sample_geometry(height, width, spec: GeometrySpec, rng) -> T.TransformList:
     """Resize, crop and flip for an image of (height, width); draws happen in that order."""
     resize = sample_resize(height, width, spec.min_sizes, spec.max_size, spec.sample_style, rng)
-    resized_h, resized_w = _output_size(resize, height, width)
+    if isinstance(resize, T.ResizeTransform):
+        height, width = resize.new_h, resize.new_w
     transforms = [resize]
     if spec.crop_enabled:
-        crop = sample_crop(resized_h, resized_w, spec.crop_type, spec.crop_size, rng)
+        crop = sample_crop(height, width, spec.crop_type, spec.crop_size, rng)
         transforms.append(crop)
-        resized_h, resized_w = crop.h, crop.w
-    transforms.append(sample_hflip(resized_w, spec.flip_prob, rng))
+        height, width = crop.h, crop.w
+    transforms.append(sample_hflip(width, spec.flip_prob, rng))
     return T.TransformList(transforms)
-
-
-def _output_size(transform, height, width):
-    if isinstance(transform, T.ResizeTransform):
-        return transform.new_h, transform.new_w
-    return height, width
 
 
 # ----------------------------------------------------------------------------- padding
