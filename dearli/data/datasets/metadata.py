@@ -131,17 +131,6 @@ def build_panoptic_metadata(categories, prompt_file=None):
     return metadata
 
 
-def categories_from_metadata(metadata):
-    """Inverse of :func:`build_panoptic_metadata`: the json category dicts in contiguous order."""
-    thing_ids = set(metadata.thing_dataset_id_to_contiguous_id)
-    by_contiguous = {v: k for k, v in metadata.stuff_dataset_id_to_contiguous_id.items()}
-    return [
-        {"id": by_contiguous[i], "name": name, "isthing": int(by_contiguous[i] in thing_ids),
-         "color": list(metadata.stuff_colors[i])}
-        for i, name in enumerate(metadata.stuff_classes)
-    ]
-
-
 def register_dataset(name, loader, metadata):
     """Register ``loader`` (called lazily by ``DatasetCatalog.get``) and ``metadata`` under ``name``.
 
