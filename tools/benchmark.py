@@ -1,0 +1,300 @@
+#!/usr/bin/env python
+"""Measure DEARLi's speed and memory: training iterations, single-image inference, pseudo-labelling.
+
+    python tools/benchmark.py --config-file configs/shapes/tiny_dearli.yaml --task train \
+        --iters 20 --warmup 3 --device cpu --json out/bench_train.json
+
+Tasks (each reuses the code it measures, nothing is re-implemented here):
+
+* ``train``: full iterations of ``DEARLiTrainer`` (its step and its semi-supervised hook, with
+  the EMA update), timed per phase from the step's own timers: ``data`` (loader), ``teacher``
+  (pseudo-labels and CutMix), ``student`` (forward, backward, optimizer step) and ``iteration``
+  (all of it, EMA and LR schedule included). Images = labeled + unlabeled crops per iteration.
+* ``infer``: ``DEARLiPredictor`` on the images of DATASETS.TEST[0]: ``data`` (read and decode
+  the file) and ``model`` (resize, forward, panoptic and semantic post-processing).
+* ``teacher``: the semi-supervised hook's pseudo-labelling on unlabeled batches of the train
+  loader: ``data`` and ``teacher``. Images = weak views + CutMix partners labelled.
+
+Reported: median / min / max seconds per phase, images per second (images per iteration over the
+median iteration time), and peak memory: ``torch.cuda.max_memory_allocated`` over the timed
+iterations on GPU, the process's peak resident set size (since start, model build included) on CPU.
+Warm-up iterations are run first and not timed. GPU variants are chosen by config overrides, e.g.
+``--opts SOLVER.AMP.ENABLED True SOLVER.AMP.PRECISION bf16 MODEL.OPEN_CLIP.CHANNELS_LAST True
+MODEL.SEM_SEG_HEAD.DEFORMABLE_CHECKPOINT True``.
+"""
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from typing import Callable, Dict, List
+
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog
+from detectron2.data.detection_utils import read_image
+from detectron2.engine import HookBase, hooks
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+from tabulate import tabulate
+
+import dearli  # noqa: F401
+from dearli.config import add_dearli_config
+from dearli.data import datasets, shapes  # noqa: F401  (registers the dataset names)
+from dearli.data.sampling import build_train_loader
+from dearli.engine.hooks import SemiSupervisedHook, peak_memory_mb
+from dearli.engine.precision import build_precision
+from dearli.engine.predictor import DEARLiPredictor
+from dearli.engine.trainer import DEARLiTrainer
+from dearli.modeling.checkpoint import DEARLiCheckpointer, atomic_write
+
+TASKS = ("train", "infer", "teacher")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--task", required=True, choices=TASKS)
+    parser.add_argument("--iters", type=int, required=True, help="timed iterations")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default 2)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="overrides MODEL.DEVICE")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
+                        help="config overrides")
+    return parser
+
+
+def setup_cfg(args):
+    cfg = get_cfg()
+    add_dearli_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if args.device:
+        cfg.MODEL.DEVICE = args.device
+    if torch.device(cfg.MODEL.DEVICE).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"MODEL.DEVICE={cfg.MODEL.DEVICE!r} but CUDA is not available; use --device cpu")
+    cfg.SSL.VIS_PERIOD = 0  # periodic TensorBoard images are telemetry, not an iteration's cost
+    cfg.freeze()
+    check_task_inputs(cfg, args.task)
+    return cfg
+
+
+def check_task_inputs(cfg, task: str) -> None:
+    """ValueError naming the config key a task lacks."""
+    if task == "infer" and not cfg.DATASETS.TEST:
+        raise ValueError("--task infer reads the images of DATASETS.TEST[0], which is empty")
+    if task == "teacher" and not (cfg.SSL.ENABLED and cfg.DATASETS.TRAIN_UNLABELED):
+        raise ValueError("--task teacher times pseudo-labelling: it needs SSL.ENABLED True and "
+                         "DATASETS.TRAIN_UNLABELED")
+
+
+def apply_channels_last(model: torch.nn.Module, cfg) -> torch.nn.Module:
+    """With MODEL.OPEN_CLIP.CHANNELS_LAST, store the ConvNeXt trunk's 4-D weights channels-last, so
+    its convolutions (and timm's channel LayerNorm) run in NHWC on GPU; outputs stay NCHW."""
+    if cfg.MODEL.OPEN_CLIP.CHANNELS_LAST:
+        model.backbone.clip_model.visual.trunk.to(memory_format=torch.channels_last)
+    return model
+
+
+class PhaseTimer:
+    """Wall-clock seconds of named phases per iteration (CUDA synchronised at every boundary)."""
+
+    def __init__(self, device_type: str):
+        self.device_type = device_type
+        self.samples: Dict[str, List[float]] = {}
+        self.images: List[int] = []
+
+    def now(self) -> float:
+        if self.device_type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.samples.setdefault(phase, []).append(float(seconds))
+
+    def measure(self, function: Callable, *args):
+        """(function(*args), seconds it took)."""
+        start = self.now()
+        result = function(*args)
+        return result, self.now() - start
+
+
+def reset_peak_memory(device_type: str) -> None:
+    if device_type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
+# ---- train ----------------------------------------------------------------------------------------
+
+class _IterationRecorder(HookBase):
+    """Registered last: times whole iterations and copies the step's phase timers after warm-up."""
+
+    def __init__(self, timer: PhaseTimer, warmup: int, images_per_iter: int):
+        self.timer, self.warmup, self.images_per_iter = timer, warmup, images_per_iter
+
+    def before_step(self):
+        if self.trainer.iter == self.warmup:
+            reset_peak_memory(self.timer.device_type)
+        self._start = self.timer.now()
+
+    def after_step(self):
+        elapsed = self.timer.now() - self._start
+        if self.trainer.iter < self.warmup:
+            return
+        storage = self.trainer.storage
+        for phase, key in (("data", "data_time"), ("teacher", "teacher_time"), ("student", "student_time")):
+            self.timer.add(phase, storage.history(key).latest())
+        self.timer.add("iteration", elapsed)
+        self.timer.images.append(self.images_per_iter)
+
+
+class _BenchmarkTrainer(DEARLiTrainer):
+    """DEARLiTrainer with only the hooks that are part of an iteration (no checkpoints, evaluation
+    or log writers), plus the recorder."""
+
+    def __init__(self, cfg, recorder: _IterationRecorder):
+        self.recorder = recorder  # read by build_hooks, which DEARLiTrainer.__init__ calls
+        super().__init__(cfg)
+
+    @classmethod
+    def build_model(cls, cfg):
+        return apply_channels_last(super().build_model(cfg), cfg)
+
+    def build_hooks(self):
+        return [self.ssl, hooks.LRScheduler(), self.recorder]
+
+
+def images_per_train_iteration(cfg) -> int:
+    """Labeled + unlabeled crops of one iteration on one process (the contract's batch rule)."""
+    labeled = cfg.SOLVER.IMS_PER_BATCH
+    return labeled + (round(labeled * cfg.DATALOADER.UNLABELED_RATIO) if cfg.SSL.ENABLED else 0)
+
+
+def benchmark_train(cfg, warmup: int, iters: int, timer: PhaseTimer) -> None:
+    with tempfile.TemporaryDirectory(prefix="dearli_benchmark_") as output_dir:
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.SOLVER.MAX_ITER = warmup + iters
+        cfg.OUTPUT_DIR = output_dir  # the hook writes its end-of-run statistics there
+        recorder = _IterationRecorder(timer, warmup, images_per_train_iteration(cfg))
+        trainer = _BenchmarkTrainer(cfg, recorder)
+        trainer.resume_or_load(resume=False)
+        trainer.train()
+
+
+# ---- infer and teacher ----------------------------------------------------------------------------
+
+def benchmark_infer(cfg, warmup: int, iters: int, timer: PhaseTimer) -> None:
+    files = [record["file_name"] for record in DatasetCatalog.get(cfg.DATASETS.TEST[0])]
+    predictor = DEARLiPredictor(cfg)
+    apply_channels_last(predictor.model, cfg)
+    precision = build_precision(cfg)
+    for iteration in range(warmup + iters):
+        if iteration == warmup:
+            reset_peak_memory(timer.device_type)
+        image, data_seconds = timer.measure(read_image, files[iteration % len(files)], "RGB")
+        with precision.autocast():
+            _, model_seconds = timer.measure(predictor, image)
+        if iteration >= warmup:
+            timer.add("data", data_seconds)
+            timer.add("model", model_seconds)
+            timer.add("iteration", data_seconds + model_seconds)
+            timer.images.append(1)
+
+
+def benchmark_teacher(cfg, warmup: int, iters: int, timer: PhaseTimer) -> None:
+    model = apply_channels_last(build_model(cfg), cfg)
+    DEARLiCheckpointer(model, save_to_disk=False).load(cfg.MODEL.WEIGHTS)
+    ssl = SemiSupervisedHook(cfg, model)
+    ssl.initialize_teacher()
+    precision = build_precision(cfg)
+    batches = iter(build_train_loader(cfg))
+    with EventStorage(0) as storage:  # the hook logs pseudo-label statistics to it
+        for iteration in range(warmup + iters):
+            storage.iter = iteration
+            if iteration == warmup:
+                reset_peak_memory(timer.device_type)
+            batch, data_seconds = timer.measure(next, batches)
+            with precision.autocast():
+                _, teacher_seconds = timer.measure(ssl.pseudo_label, batch["unlabeled"])
+            if iteration >= warmup:
+                timer.add("data", data_seconds)
+                timer.add("teacher", teacher_seconds)
+                timer.add("iteration", data_seconds + teacher_seconds)
+                timer.images.append(teacher_images(batch["unlabeled"]))
+
+
+def teacher_images(unlabeled: List[Dict]) -> int:
+    """Images the teacher labels for a batch: every weak view and every CutMix partner."""
+    return len(unlabeled) + sum(sample.get("cutmix") is not None for sample in unlabeled)
+
+
+# ---- report ---------------------------------------------------------------------------------------
+
+def summarise(args, cfg, timer: PhaseTimer) -> Dict:
+    device_type = torch.device(cfg.MODEL.DEVICE).type
+    phases = {
+        phase: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "count": len(v)}
+        for phase, v in timer.samples.items()
+    }
+    median_iteration = phases["iteration"]["median_s"]
+    images_per_iter = statistics.median(timer.images)
+    return {
+        "task": args.task,
+        "config_file": args.config_file,
+        "opts": list(args.opts),
+        "device": cfg.MODEL.DEVICE,
+        "device_name": torch.cuda.get_device_name() if device_type == "cuda" else "cpu",
+        "precision": build_precision(cfg).name,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "iters": args.iters,
+        "warmup": args.warmup,
+        "images_per_iter": images_per_iter,
+        "median_s_per_iter": median_iteration,
+        "images_per_s": images_per_iter / median_iteration if median_iteration > 0 else float("inf"),
+        "peak_memory_mb": peak_memory_mb(device_type),
+        "peak_memory_kind": "cuda_max_memory_allocated" if device_type == "cuda" else "cpu_peak_rss",
+        "phases": phases,
+    }
+
+
+def format_table(result: Dict) -> str:
+    rows = [[phase, f"{p['median_s']:.4f}", f"{p['min_s']:.4f}", f"{p['max_s']:.4f}"]
+            for phase, p in result["phases"].items()]
+    table = tabulate(rows, headers=["phase", "median s", "min s", "max s"], tablefmt="pipe")
+    return (f"{result['task']} on {result['device_name']} ({result['precision']}, "
+            f"{result['torch_threads']} threads), {result['iters']} timed iterations:\n{table}\n"
+            f"median s/iter {result['median_s_per_iter']:.4f} | images/s {result['images_per_s']:.2f} "
+            f"({result['images_per_iter']:g} per iteration) | peak memory {result['peak_memory_mb']:.0f} MiB "
+            f"({result['peak_memory_kind']})")
+
+
+def main(argv=None) -> Dict:
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    if args.iters < 1 or args.warmup < 0:
+        parser.error(f"--iters must be >= 1 and --warmup >= 0, got {args.iters} and {args.warmup}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        cfg = setup_cfg(args)
+    except ValueError as e:
+        parser.error(str(e))
+    timer = PhaseTimer(torch.device(cfg.MODEL.DEVICE).type)
+    run_task = {"train": benchmark_train, "infer": benchmark_infer, "teacher": benchmark_teacher}[args.task]
+    run_task(cfg, args.warmup, args.iters, timer)
+    result = summarise(args, cfg, timer)
+    print(format_table(result))
+    print(json.dumps(result))
+    if args.json:
+        with atomic_write(args.json) as f:
+            f.write(json.dumps(result, indent=1).encode("utf-8"))
+    return result
+
+
+if __name__ == "__main__":
+    main()
