@@ -73,6 +73,7 @@ def test_labeled_samples_are_padded_targets_that_partition_the_valid_region(data
         sample = mapper(labeled[seed % 4], rng(seed))
         image, valid, inst = sample["image"], sample["valid_mask"], sample["instances"]
         assert image.dtype == torch.uint8 and image.shape == (3, 64, 64)  # padded to SIZE_DIVISIBILITY
+        assert (sample["height"], sample["width"]) == (80, 96)  # the original image size
         rows, cols = valid.any(1).sum().item(), valid.any(0).sum().item()
         assert valid.sum() == rows * cols and valid[:rows, :cols].all()  # a top-left rectangle
         assert rows <= 56 and cols <= 56 and (rows == 56 or cols == 56)  # the crop, or the resized image
@@ -239,6 +240,7 @@ def test_unlabeled_mapper_is_deterministic_and_pads_every_view(datasets):
     a = mapper(unlabeled[2], rng(4, 4), partner_from(unlabeled, 2))
     assert_samples_equal(a, mapper(unlabeled[2], rng(4, 4), partner_from(unlabeled, 2)))
     assert a["cutmix"]["file_name"] != a["file_name"]
+    assert (a["height"], a["width"]) == (80, 96)  # the original image size, as for evaluation inputs
     for view in (a, a["cutmix"]):
         valid = view["valid_mask"]
         assert view["weak_image"].shape == (3, 64, 64)

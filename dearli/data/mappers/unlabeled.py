@@ -88,19 +88,20 @@ class UnlabeledWeakStrongMapper:
         }
 
     def views(self, dataset_dict, rng):
-        """(weak, strong) uint8 [3, h, w] views of one image, unpadded, with shared geometry."""
+        """(weak, strong) uint8 [3, h, w] views of one image, unpadded, with shared geometry, and the
+        image's original (height, width)."""
         image = read_training_image(copy.copy(dataset_dict))
         transforms = sample_geometry(image.shape[0], image.shape[1], self.geometry, rng)
         weak = hwc_to_chw_tensor(transforms.apply_image(image))
         strong = apply_strong_color(weak, sample_strong_color(self.strong, rng))
-        return weak, strong
+        return weak, strong, image.shape[:2]
 
     def __call__(self, dataset_dict, rng: np.random.Generator, draw_partner: Optional[Callable] = None):
-        weak, strong = self.views(dataset_dict, rng)
+        weak, strong, (height, width) = self.views(dataset_dict, rng)
         partner = None
         if draw_partner is not None and rng.random() < self.cutmix_prob:
             partner_dict = draw_partner(rng)
-            partner = (partner_dict, *self.views(partner_dict, rng))
+            partner = (partner_dict, *self.views(partner_dict, rng)[:2])
 
         image_hws = [weak.shape[-2:]] + ([partner[1].shape[-2:]] if partner else [])
         canvas_hw = padded_size(
@@ -109,8 +110,8 @@ class UnlabeledWeakStrongMapper:
         sample = {
             "file_name": dataset_dict["file_name"],
             "image_id": dataset_dict["image_id"],
-            "height": dataset_dict.get("height", image_hws[0][0]),
-            "width": dataset_dict.get("width", image_hws[0][1]),
+            "height": height,
+            "width": width,
             "sample_seed": sample_seed_of(rng),
             **self._padded_views(weak, strong, canvas_hw),
             "cutmix": None,
