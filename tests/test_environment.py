@@ -45,9 +45,11 @@ def test_detectron2_pieces_dearli_uses_import():
     from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY
     from detectron2 import model_zoo
 
-    assert "GeneralizedRCNN" in {name for name, _ in META_ARCH_REGISTRY}
-    assert "build_resnet_backbone" in {name for name, _ in BACKBONE_REGISTRY}
-    assert "SemSegFPNHead" in {name for name, _ in SEM_SEG_HEADS_REGISTRY}
+    import dearli  # noqa: F401  (registers dearli's components in detectron2's registries)
+
+    assert "DEARLi" in {name for name, _ in META_ARCH_REGISTRY}
+    assert "OpenCLIPBackbone" in {name for name, _ in BACKBONE_REGISTRY}
+    assert "CLIPClassificationHead" in {name for name, _ in SEM_SEG_HEADS_REGISTRY}
     cfg_file = model_zoo.get_config_file("COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml")
     assert os.path.isfile(cfg_file)  # the model-zoo configs are shipped
 
