@@ -25,7 +25,6 @@ PNG was written atomically; a rerun skips them, and the json is written (atomica
     python datasets/prepare_ade20k_pan_seg.py [--root $DETECTRON2_DATASETS/ADEChallengeData2016]
         [--instance-mapping FILE] [--subsets train val] [--workers N]
 """
-import argparse
 import functools
 import os
 import sys
@@ -35,7 +34,7 @@ from PIL import Image
 
 from dearli.data.datasets.metadata import ADE20K_THING_IDS, ade20k_categories
 from dearli.data.datasets.prepare_utils import (
-    ProgressLog, atomic_write_json, default_workers, map_in_pool, save_panoptic_png,
+    ProgressLog, atomic_write_json, map_in_pool, preparation_parser, save_panoptic_png,
     segment_records,
 )
 from dearli.data.datasets.validate import DatasetFileError, check_same_size, read_sem_seg
@@ -152,7 +151,9 @@ def convert_image(stem, paths, mapping):
 
 
 def convert_subset(ade_root, subset, mapping, workers):
-    folder = FOLDERS[subset]
+    folder = FOLDERS.get(subset)
+    if folder is None:
+        raise ValueError(f"unknown subset {subset!r}; choose from {list(FOLDERS)}")
     paths = {"images": os.path.join(ade_root, "images", folder),
              "semantic": os.path.join(ade_root, "annotations", folder),
              "instance": os.path.join(ade_root, "annotations_instance", folder),
@@ -176,19 +177,14 @@ def convert_subset(ade_root, subset, mapping, workers):
     json_file = os.path.join(ade_root, f"ade20k_panoptic_{subset}.json")
     atomic_write_json(json_file, json_info)
     log.remove()
-    print(f"{subset}: {len(todo)} images converted, {len(stems) - len(todo)} resumed -> {json_file}")
+    print(f"{subset}: {len(todo)} images converted, {len(stems) - len(todo)} resumed -> "
+          f"{json_file}")
 
 
 def parse_args(argv):
-    default_root = os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"),
-                                "ADEChallengeData2016")
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--root", default=default_root,
-                        help="ADEChallengeData2016 folder (default: %(default)s)")
+    parser = preparation_parser(__doc__.split("\n")[0], "ADEChallengeData2016", FOLDERS)
     parser.add_argument("--instance-mapping", default="",
                         help="category mapping file of the ADE20K instance release")
-    parser.add_argument("--subsets", nargs="+", default=list(FOLDERS), choices=list(FOLDERS))
-    parser.add_argument("--workers", type=int, default=default_workers())
     return parser.parse_args(argv)
 
 

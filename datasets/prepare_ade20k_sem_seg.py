@@ -9,9 +9,8 @@ The result's values are ADE20K's panoptic dataset ids (0..149), i.e. the contigu
 and existing outputs are skipped, so an interrupted run is resumed by running it again.
 
     python datasets/prepare_ade20k_sem_seg.py [--root $DETECTRON2_DATASETS/ADEChallengeData2016]
-        [--workers N]
+        [--subsets training validation] [--workers N]
 """
-import argparse
 import functools
 import os
 import sys
@@ -19,7 +18,7 @@ import sys
 import numpy as np
 
 from dearli.data.datasets.metadata import IGNORE_LABEL
-from dearli.data.datasets.prepare_utils import default_workers, map_in_pool, save_png_atomic
+from dearli.data.datasets.prepare_utils import map_in_pool, run_per_subset, save_png_atomic
 from dearli.data.datasets.validate import read_sem_seg
 
 ADE20K_NUM_CLASSES = 150
@@ -45,7 +44,8 @@ def convert_file(file_name, input_dir, output_dir):
 def convert_folder(ade_root, folder, workers):
     input_dir = os.path.join(ade_root, "annotations", folder)
     if not os.path.isdir(input_dir):
-        raise FileNotFoundError(f"{input_dir} not found: is --root the ADEChallengeData2016 folder?")
+        raise FileNotFoundError(f"{input_dir} not found: is --root the ADEChallengeData2016 "
+                                "folder?")
     output_dir = os.path.join(ade_root, "annotations_detectron2", folder)
     os.makedirs(output_dir, exist_ok=True)
     files = sorted(f for f in os.listdir(input_dir) if f.endswith(".png"))
@@ -55,21 +55,8 @@ def convert_folder(ade_root, folder, workers):
           f"-> {output_dir}")
 
 
-def parse_args(argv):
-    default_root = os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"),
-                                "ADEChallengeData2016")
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--root", default=default_root,
-                        help="ADEChallengeData2016 folder (default: %(default)s)")
-    parser.add_argument("--folders", nargs="+", default=list(FOLDERS))
-    parser.add_argument("--workers", type=int, default=default_workers())
-    return parser.parse_args(argv)
-
-
 def main(argv=None):
-    args = parse_args(argv)
-    for folder in args.folders:
-        convert_folder(args.root, folder, args.workers)
+    run_per_subset(argv, __doc__.split("\n")[0], "ADEChallengeData2016", FOLDERS, convert_folder)
 
 
 if __name__ == "__main__":

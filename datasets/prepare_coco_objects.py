@@ -15,9 +15,8 @@ Resumable: finished images are logged in <coco>/.panoptic_<split>_objects.progre
 their PNGs were written atomically; a rerun skips them; the json is written at the end.
 
     python datasets/prepare_coco_objects.py [--root $DETECTRON2_DATASETS/coco]
-        [--splits train2017 val2017] [--workers N]
+        [--subsets train2017 val2017] [--workers N]
 """
-import argparse
 import functools
 import json
 import os
@@ -29,7 +28,7 @@ from dearli.data.datasets.metadata import (
     COCO_OBJECTS_BACKGROUND, coco_objects_categories, coco_panoptic_categories,
 )
 from dearli.data.datasets.prepare_utils import (
-    ProgressLog, atomic_write_json, default_workers, map_in_pool, paint_segments,
+    ProgressLog, atomic_write_json, map_in_pool, paint_segments, run_per_subset,
     save_panoptic_png, save_png_atomic, segment_records,
 )
 from dearli.data.datasets.validate import read_panoptic_ids
@@ -118,19 +117,8 @@ def convert_split(coco_root, split, workers):
           f"{output_json}")
 
 
-def parse_args(argv):
-    default_root = os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), "coco")
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--root", default=default_root, help="COCO folder (default: %(default)s)")
-    parser.add_argument("--splits", nargs="+", default=["train2017", "val2017"])
-    parser.add_argument("--workers", type=int, default=default_workers())
-    return parser.parse_args(argv)
-
-
 def main(argv=None):
-    args = parse_args(argv)
-    for split in args.splits:
-        convert_split(args.root, split, args.workers)
+    run_per_subset(argv, __doc__.split("\n")[0], "coco", ("train2017", "val2017"), convert_split)
 
 
 if __name__ == "__main__":

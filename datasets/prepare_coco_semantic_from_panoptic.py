@@ -9,9 +9,8 @@ Files are written atomically; existing outputs are skipped, so an interrupted ru
 running the command again. Every PNG is checked against its json (ids, categories).
 
     python datasets/prepare_coco_semantic_from_panoptic.py [--root $DETECTRON2_DATASETS/coco]
-        [--splits train2017 val2017] [--workers N]
+        [--subsets train2017 val2017] [--workers N]
 """
-import argparse
 import functools
 import json
 import os
@@ -19,7 +18,7 @@ import sys
 
 from dearli.data.datasets.metadata import IGNORE_LABEL, coco_panoptic_categories
 from dearli.data.datasets.prepare_utils import (
-    default_workers, map_in_pool, paint_segments, save_png_atomic,
+    map_in_pool, paint_segments, run_per_subset, save_png_atomic,
 )
 from dearli.data.datasets.validate import read_panoptic_ids
 
@@ -68,19 +67,8 @@ def convert_split(coco_root, split, workers):
           f"-> {output_dir}")
 
 
-def parse_args(argv):
-    default_root = os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), "coco")
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--root", default=default_root, help="COCO folder (default: %(default)s)")
-    parser.add_argument("--splits", nargs="+", default=["train2017", "val2017"])
-    parser.add_argument("--workers", type=int, default=default_workers())
-    return parser.parse_args(argv)
-
-
 def main(argv=None):
-    args = parse_args(argv)
-    for split in args.splits:
-        convert_split(args.root, split, args.workers)
+    run_per_subset(argv, __doc__.split("\n")[0], "coco", ("train2017", "val2017"), convert_split)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def build_coco_tree(root, shared_data, split="val2017", with_semantic=True):
     shutil.copy(sample / "panoptic.json", coco / "annotations" / f"panoptic_{split}.json")
     if with_semantic:
         load_script("prepare_coco_semantic_from_panoptic").main(
-            ["--root", str(coco), "--splits", split, "--workers", "1"])
+            ["--root", str(coco), "--subsets", split, "--workers", "1"])
     return coco
 
 

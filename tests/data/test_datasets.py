@@ -97,7 +97,7 @@ def test_registration_reads_no_file_and_missing_data_fails_on_load(tmp_path, mon
         DatasetCatalog.get("camvid_val")
 
 
-# ---- COCO panoptic sample through the registered COCO code path ------------------------------------
+# ---- COCO panoptic sample through the registered COCO code path ----------------------------------
 
 @pytest.fixture
 def coco_val(tmp_path, shared_data):
@@ -160,7 +160,7 @@ def test_panoptic_png_ids_missing_from_the_json_are_refused(coco_val):
         read_panoptic_ids(record["pan_seg_file_name"], record["segments_info"])
 
 
-# ---- image files -----------------------------------------------------------------------------------
+# ---- image files ---------------------------------------------------------------------------------
 
 def test_grayscale_and_rgba_images_are_converted_to_rgb(tmp_path, shared_data):
     rgb = np.asarray(Image.open(shared_data / "coco_panoptic_sample/images/000000142238.jpg"))
@@ -187,7 +187,7 @@ def test_corrupt_truncated_and_16_bit_images_raise_naming_the_file(tmp_path, sha
             read_rgb_image(tmp_path / name)
 
 
-# ---- semantic-only (CamVid) ------------------------------------------------------------------------
+# ---- semantic-only (CamVid) ----------------------------------------------------------------------
 
 def test_camvid_val_gets_remapped_labels_and_all_stuff_panoptic_gt(tmp_path, shared_data):
     register_camvid(str(shared_data / "camvid"), cache_root=str(tmp_path))

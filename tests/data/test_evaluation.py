@@ -155,7 +155,7 @@ def test_crowd_region_excuses_only_predictions_of_its_own_class(tmp_path):
     assert set(reference) == set(STANDARD_KEYS)
 
 
-# ---- the real COCO sample --------------------------------------------------------------------------
+# ---- the real COCO sample ------------------------------------------------------------------------
 
 def gt_as_prediction(record, drop_every=0):
     """The ground truth of a record as a model output; optionally drop every n-th segment."""
@@ -192,7 +192,8 @@ def test_coco_sample_ground_truth_scores_pq_100_against_itself(coco_val, tmp_pat
                for r in coco_val for s in r["segments_info"] if not s["iscrowd"]}
     assert len(present) == 8
     for name in MetadataCatalog.get("coco_2017_val_panoptic").stuff_classes:
-        assert results[f"PQ-{name}"] == 100 if name in present else math.isnan(results[f"PQ-{name}"])
+        value = results[f"PQ-{name}"]
+        assert value == 100 if name in present else math.isnan(value)
     assert (tmp_path / "out" / "predictions.json").is_file()
 
 
@@ -210,7 +211,7 @@ def test_missing_prediction_for_an_image_names_the_json(coco_val):
         run(evaluator, coco_val[:1])
 
 
-# ---- semantic-only data: mIoU per class and all-stuff PQ ---------------------------------------------
+# ---- semantic-only data: mIoU per class and all-stuff PQ -----------------------------------------
 
 # 4x6 ground truth (9 = ignore in the file) and prediction over classes a=0, b=1, c=2.
 GT_LABELS = np.array([[0, 0, 0, 1, 1, 1],

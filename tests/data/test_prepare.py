@@ -41,7 +41,7 @@ def panoptic_png(path):
 
 def test_ade20k_sem_seg_subtracts_one_and_maps_other_to_ignore(tmp_path, shared_data, capsys):
     ade = build_ade_tree(tmp_path, shared_data)
-    ade_sem.main(["--root", str(ade), "--folders", "validation", "--workers", "1"])
+    ade_sem.main(["--root", str(ade), "--subsets", "validation", "--workers", "1"])
     outputs = sorted((ade / "annotations_detectron2" / "validation").glob("*.png"))
     assert len(outputs) == 3
     for output in outputs:
@@ -49,7 +49,7 @@ def test_ade20k_sem_seg_subtracts_one_and_maps_other_to_ignore(tmp_path, shared_
         assert np.array_equal(png(output), (raw - 1) % 256)  # 0 wraps to 255
         assert set(np.unique(png(output))) <= set(range(150)) | {255}
     mtimes = [o.stat().st_mtime_ns for o in outputs]
-    ade_sem.main(["--root", str(ade), "--folders", "validation", "--workers", "1"])
+    ade_sem.main(["--root", str(ade), "--subsets", "validation", "--workers", "1"])
     assert "wrote 0 label PNGs, 3 already existed" in capsys.readouterr().out
     assert [o.stat().st_mtime_ns for o in outputs] == mtimes
 
@@ -61,7 +61,7 @@ def test_ade20k_sem_seg_rejects_values_above_150(tmp_path, shared_data):
     labels[0, 0] = 151
     Image.fromarray(labels).save(bad)
     with pytest.raises(DatasetFileError, match=r"ADE_val_00000002\.png.*\[151\]"):
-        ade_sem.main(["--root", str(ade), "--folders", "validation", "--workers", "1"])
+        ade_sem.main(["--root", str(ade), "--subsets", "validation", "--workers", "1"])
 
 
 # ---- ADE20K panoptic -----------------------------------------------------------------------------
@@ -105,7 +105,7 @@ def test_ade20k_pan_seg_builds_panoptic_gt_from_semantic_and_instances(tmp_path,
         assert set(np.unique(ids)) - {0} == {s["id"] for s in ann["segments_info"]}
         assert produced == expected_ade_segments(ade, ann["image_id"], mapping)
     # The result loads through the registered ADE20K code path.
-    ade_sem.main(["--root", str(ade), "--folders", "validation", "--workers", "1"])
+    ade_sem.main(["--root", str(ade), "--subsets", "validation", "--workers", "1"])
     register_ade20k_panoptic(str(tmp_path))
     records = DatasetCatalog.get("ade20k_panoptic_val")
     assert len(records) == 3 and all(os.path.isfile(r["sem_seg_file_name"]) for r in records)
@@ -119,7 +119,8 @@ def test_ade20k_pan_seg_resumes_after_an_interruption(tmp_path, shared_data, cap
     last = ade / "annotations_instance" / "validation" / "ADE_val_00000003.png"
     last.rename(tmp_path / "held_back.png")
     args = ["--root", str(ade), "--subsets", "val", "--workers", "1"]
-    with pytest.raises(DatasetFileError, match="ADE_val_00000003.png: instance annotation not found"):
+    with pytest.raises(DatasetFileError,
+                       match="ADE_val_00000003.png: instance annotation not found"):
         ade_pan.main(args)
     assert not (ade / "ade20k_panoptic_val.json").exists()
     done = sorted((ade / "ade20k_panoptic_val").glob("*.png"))
@@ -135,7 +136,8 @@ def test_ade20k_pan_seg_resumes_after_an_interruption(tmp_path, shared_data, cap
 
 def test_ade20k_instance_mapping_errors_name_file_and_line(tmp_path, shared_data):
     mapping_file = tmp_path / "categoryMapping.txt"
-    mapping_file.write_text("Instacne100\tSceneParse150\tFullADE20K\n1\t\t8\t\t165\n1\t\t9\t\t3055\n")
+    mapping_file.write_text(
+        "Instacne100\tSceneParse150\tFullADE20K\n1\t\t8\t\t165\n1\t\t9\t\t3055\n")
     with pytest.raises(ValueError, match=r"categoryMapping.txt:3: instance class 1 mapped to 9"):
         ade_pan.read_instance_mapping(mapping_file)
     mapping_file.write_text("Instacne100\tSceneParse150\n1\t\t8\nfoo bar\n")
@@ -159,7 +161,7 @@ def test_ade20k_pan_seg_rejects_an_unmapped_instance_class(tmp_path, shared_data
         ade_pan.main(["--root", str(ade), "--subsets", "val", "--workers", "1"])
 
 
-# ---- COCO ------------------------------------------------------------------------------------------
+# ---- COCO ----------------------------------------------------------------------------------------
 
 def test_coco_semantic_from_panoptic_matches_a_per_segment_loop(tmp_path, shared_data):
     coco = build_coco_tree(tmp_path, shared_data)  # runs the script
@@ -181,12 +183,12 @@ def test_coco_semantic_refuses_png_ids_missing_from_the_json(tmp_path, shared_da
     dropped = gt["annotations"][1]["segments_info"].pop(3)["id"]
     write_json(json_file, gt)
     with pytest.raises(DatasetFileError, match=rf"000000439180.png: segment ids \[{dropped}\]"):
-        coco_sem.main(["--root", str(coco), "--splits", "val2017", "--workers", "1"])
+        coco_sem.main(["--root", str(coco), "--subsets", "val2017", "--workers", "1"])
 
 
 def test_coco_objects_merges_stuff_and_void_into_background(tmp_path, shared_data):
     coco = build_coco_tree(tmp_path, shared_data, with_semantic=False)
-    coco_obj.main(["--root", str(coco), "--splits", "val2017", "--workers", "1"])
+    coco_obj.main(["--root", str(coco), "--subsets", "val2017", "--workers", "1"])
     source = read_json(coco / "annotations" / "panoptic_val2017.json")
     objects = read_json(coco / "annotations" / "panoptic_val2017_objects.json")
     categories = {c["id"]: c for c in objects["categories"]}
@@ -219,7 +221,7 @@ def test_coco_objects_cli_runs_with_a_process_pool(tmp_path, shared_data):
     shutil.rmtree(mask_dir, ignore_errors=True)
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "datasets" / "prepare_coco_objects.py"),
-         "--root", str(coco), "--splits", "val2017", "--workers", "2"],
+         "--root", str(coco), "--subsets", "val2017", "--workers", "2"],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "2 images converted, 0 resumed" in result.stdout

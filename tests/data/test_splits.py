@@ -124,7 +124,7 @@ def test_coco_unlabeled_set_is_the_complement_of_the_labeled_list(tmp_path, spli
     assert sorted(r["image_id"] for r in unlabeled) == list(extra)
 
 
-# ---- errors ----------------------------------------------------------------------------------------
+# ---- errors --------------------------------------------------------------------------------------
 
 def write_lines(path, lines):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -184,7 +184,7 @@ def test_an_image_both_labeled_and_unlabeled_is_refused(tmp_path):
         DatasetCatalog.get("ade20k_panoptic_train_1_16_unlabeled")
 
 
-# ---- roots -----------------------------------------------------------------------------------------
+# ---- roots ---------------------------------------------------------------------------------------
 
 def cfg_with_splits_root(value):
     cfg = get_cfg()
@@ -207,7 +207,8 @@ def test_reregistering_points_the_split_names_at_the_new_root(tmp_path, monkeypa
     first, second = tmp_path / "first", tmp_path / "second"
     for root, name in ((first, "a"), (second, "b")):
         write_lines(root / "ade_splits" / "1_64" / "labeled.txt", [f"images/training/{name}.jpg"])
-        write_lines(root / "ade_splits" / "1_64" / "unlabeled.txt", [f"images/training/u{name}.jpg"])
+        write_lines(root / "ade_splits" / "1_64" / "unlabeled.txt",
+                    [f"images/training/u{name}.jpg"])
         (tmp_path / "ADEChallengeData2016" / "images" / "training").mkdir(parents=True,
                                                                           exist_ok=True)
         (tmp_path / "ADEChallengeData2016" / "images" / "training" / f"u{name}.jpg").touch()

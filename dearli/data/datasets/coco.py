@@ -39,25 +39,16 @@ def coco_objects_metadata():
     return build_panoptic_metadata(coco_objects_categories(), prompt_file="coco_objects")
 
 
-def coco_panoptic_paths(root, subset):
-    """Paths of COCO panoptic ``subset`` ("train" / "val") under ``<root>/coco``."""
+def coco_paths(root, subset, objects=False):
+    """Paths of COCO panoptic (or, with ``objects``, COCO-objects) ``subset`` under
+    ``<root>/coco``; the 81-class masks of both COCO-objects subsets share ``coco/masks``."""
     coco = os.path.join(root, "coco")
+    suffix = "_objects" if objects else ""
     return {
         "image_root": os.path.join(coco, f"{subset}2017"),
-        "panoptic_root": os.path.join(coco, f"panoptic_{subset}2017"),
-        "panoptic_json": os.path.join(coco, "annotations", f"panoptic_{subset}2017.json"),
-        "sem_seg_root": os.path.join(coco, f"panoptic_semseg_{subset}2017"),
-    }
-
-
-def coco_objects_paths(root, subset):
-    """Paths of COCO-objects ``subset``; the 81-class masks of both subsets share ``coco/masks``."""
-    coco = os.path.join(root, "coco")
-    return {
-        "image_root": os.path.join(coco, f"{subset}2017"),
-        "panoptic_root": os.path.join(coco, f"panoptic_{subset}2017_objects"),
-        "panoptic_json": os.path.join(coco, "annotations", f"panoptic_{subset}2017_objects.json"),
-        "sem_seg_root": os.path.join(coco, "masks"),
+        "panoptic_root": os.path.join(coco, f"panoptic_{subset}2017{suffix}"),
+        "panoptic_json": os.path.join(coco, "annotations", f"panoptic_{subset}2017{suffix}.json"),
+        "sem_seg_root": os.path.join(coco, "masks" if objects else f"panoptic_semseg_{subset}2017"),
     }
 
 
@@ -65,14 +56,15 @@ def register_coco_panoptic(root):
     """Register ``coco_2017_train_panoptic`` and ``coco_2017_val_panoptic`` under ``root``."""
     for subset in _SUBSETS:
         register_panoptic_dataset(f"coco_2017_{subset}_panoptic", coco_panoptic_metadata(),
-                                  coco_panoptic_paths(root, subset), COCO_EVALUATOR_TYPE,
+                                  coco_paths(root, subset), COCO_EVALUATOR_TYPE,
                                   _PANOPTIC_HINT)
 
 
 def register_coco_objects(root):
     """Register ``coco_objects_2017_val`` under ``root``."""
     register_panoptic_dataset("coco_objects_2017_val", coco_objects_metadata(),
-                              coco_objects_paths(root, "val"), COCO_EVALUATOR_TYPE, _OBJECTS_HINT)
+                              coco_paths(root, "val", objects=True), COCO_EVALUATOR_TYPE,
+                              _OBJECTS_HINT)
 
 
 def _register_splits(prefix, paths, category_metadata, hint, splits_root):
@@ -87,7 +79,7 @@ def _register_splits(prefix, paths, category_metadata, hint, splits_root):
 
 def register_coco_splits(root, splits_root):
     """Register the COCO panoptic and COCO-objects labeled / unlabeled split datasets."""
-    _register_splits("coco_2017_train_panoptic", coco_panoptic_paths(root, "train"),
+    _register_splits("coco_2017_train_panoptic", coco_paths(root, "train"),
                      coco_panoptic_metadata(), _PANOPTIC_HINT, splits_root)
-    _register_splits("coco_objects_2017_train", coco_objects_paths(root, "train"),
+    _register_splits("coco_objects_2017_train", coco_paths(root, "train", objects=True),
                      coco_objects_metadata(), _OBJECTS_HINT, splits_root)

@@ -9,10 +9,11 @@ Metadata follows Detectron2's conventions, which its evaluators and ``Visualizer
   never missing) and ``stuff_dataset_id_to_contiguous_id`` maps ALL categories;
 - ``ignore_label`` 255 and ``label_divisor`` 1000.
 
-Dataset ("json") category ids are those of the annotation files: COCO's own ids (1..200, with gaps),
-ADE20K's 0..149 (the ids of the panoptic json written by ``datasets/prepare_ade20k_pan_seg.py``, equal
-to the values of the ``annotations_detectron2`` semantic PNGs; the ADE prompt file counts from 1),
-0 = ``background`` plus COCO's thing ids for COCO-objects, and 0..C-1 for semantic-only sets.
+Dataset ("json") category ids are those of the annotation files: COCO's own ids (1..200, with
+gaps), ADE20K's 0..149 (the ids of the panoptic json written by
+``datasets/prepare_ade20k_pan_seg.py``, equal to the values of the ``annotations_detectron2``
+semantic PNGs; the ADE prompt file counts from 1), 0 = ``background`` plus COCO's thing ids for
+COCO-objects, and 0..C-1 for semantic-only sets.
 """
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.builtin_meta import ADE20K_SEM_SEG_CATEGORIES, COCO_CATEGORIES
@@ -106,8 +107,8 @@ def build_panoptic_metadata(categories, prompt_file=None):
     """Detectron2 metadata (see the module docstring) for a list of json category dicts.
 
     ``categories`` are dicts with ``id``, ``name``, ``isthing`` and ``color``; their order is the
-    contiguous order. ``prompt_file`` names the synonym file in ``dearli/data/prompts`` that the text
-    classifier maps to these classes by dataset id.
+    contiguous order. ``prompt_file`` names the synonym file in ``dearli/data/prompts`` that the
+    text classifier maps to these classes by dataset id.
     """
     ids = [c["id"] for c in categories]
     if len(set(ids)) != len(ids):
@@ -132,7 +133,7 @@ def build_panoptic_metadata(categories, prompt_file=None):
 
 
 def register_dataset(name, loader, metadata):
-    """Register ``loader`` (called lazily by ``DatasetCatalog.get``) and ``metadata`` under ``name``.
+    """Register ``loader`` (called lazily by ``DatasetCatalog.get``) and ``metadata`` as ``name``.
 
     An existing registration of the same name is replaced: Detectron2 itself registers
     ``coco_2017_{train,val}_panoptic`` with only the things in ``thing_classes``, and the split

@@ -51,7 +51,8 @@ def check_json_categories(json_categories, metadata, json_file):
             f"{sorted(json_ids - expected_ids)[:10]}, missing from the json: "
             f"{sorted(expected_ids - json_ids)[:10]}); was it prepared for another dataset?"
         )
-    flipped = sorted(c["id"] for c in json_categories if bool(c["isthing"]) != (c["id"] in thing_ids))
+    flipped = sorted(c["id"] for c in json_categories
+                     if bool(c["isthing"]) != (c["id"] in thing_ids))
     if flipped:
         raise PanopticAnnotationError(
             f"{json_file}: categories {flipped[:10]} have a different thing/stuff flag than the "

@@ -6,6 +6,7 @@ Atomicity: every output file is written to a temporary name in its final folder 
 ``os.replace``, so an interrupted run leaves complete files or ignorable ``.tmp-*`` files, never a
 truncated PNG that a later run would mistake for a finished one.
 """
+import argparse
 import json
 import multiprocessing
 import os
@@ -21,7 +22,8 @@ from dearli.data.sam_format import TMP_PREFIX, atomic_write_json
 
 __all__ = [
     "atomic_write_json", "save_png_atomic", "save_panoptic_png", "segment_records",
-    "paint_segments", "ProgressLog", "map_in_pool", "default_workers",
+    "paint_segments", "ProgressLog", "map_in_pool", "default_workers", "preparation_parser",
+    "run_per_subset",
 ]
 
 
@@ -130,3 +132,23 @@ def map_in_pool(function, items, workers):
 def default_workers():
     """Worker processes for the preparation scripts: the CPUs this process may use."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def preparation_parser(description, dataset_dirname, default_subsets):
+    """Command line shared by the preparation scripts: --root, --subsets, --workers."""
+    default_root = os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), dataset_dirname)
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--root", default=default_root,
+                        help=f"the {dataset_dirname} folder (default: %(default)s)")
+    parser.add_argument("--subsets", nargs="+", default=list(default_subsets),
+                        help="subsets to convert (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=default_workers(),
+                        help="worker processes; 1 = none (default: all CPUs)")
+    return parser
+
+
+def run_per_subset(argv, description, dataset_dirname, default_subsets, convert):
+    """Main of a script that calls ``convert(root, subset, workers)`` for each chosen subset."""
+    args = preparation_parser(description, dataset_dirname, default_subsets).parse_args(argv)
+    for subset in args.subsets:
+        convert(args.root, subset, args.workers)

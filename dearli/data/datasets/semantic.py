@@ -13,11 +13,12 @@
 
 A label value that is neither a class nor the ignore value is an error naming the file.
 
-CamVid (11 classes, 360x480) is registered from ``$DEARLI_CAMVID`` or ``$DETECTRON2_DATASETS/camvid``
-(layout ``{train,val}/images/*.jpg``, ``{train,val}/labels/*.png``): ``camvid_train``,
-``camvid_val``, and a deterministic 1/8 labeled split ``camvid_train_1_8_labeled`` (the
-``round(N/8)`` label files chosen by ``numpy.random.default_rng(0)`` among the sorted stems; 46 of
-367) with ``camvid_train_1_8_unlabeled`` (the others, image-only).
+CamVid (11 classes, 360x480) is registered from ``$DEARLI_CAMVID`` or
+``$DETECTRON2_DATASETS/camvid`` (layout ``{train,val}/images/*.jpg``,
+``{train,val}/labels/*.png``): ``camvid_train``, ``camvid_val``, and a deterministic 1/8 labeled
+split ``camvid_train_1_8_labeled`` (the ``round(N/8)`` label files chosen by
+``numpy.random.default_rng(0)`` among the sorted stems; 46 of 367) with
+``camvid_train_1_8_unlabeled`` (the others, image-only).
 """
 import os
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ CAMVID_SPLIT_SEED = 0
 
 
 def dataset_cache_root():
-    """Root of generated dataset files: ``$DEARLI_DATASET_CACHE`` or ``~/.cache/dearli/datasets``."""
+    """Root of generated dataset files: $DEARLI_DATASET_CACHE or ~/.cache/dearli/datasets."""
     return os.environ.get("DEARLI_DATASET_CACHE") or os.path.expanduser("~/.cache/dearli/datasets")
 
 
@@ -216,7 +217,7 @@ def camvid_root(datasets_root):
 
 
 def register_camvid(root, cache_root=None):
-    """Register ``camvid_train``, ``camvid_val`` and the 1/8 split from the CamVid folder ``root``."""
+    """Register ``camvid_train``, ``camvid_val`` and the 1/8 split from CamVid folder ``root``."""
     cache_root = cache_root or dataset_cache_root()
     sources = {}
     for subset in ("train", "val"):

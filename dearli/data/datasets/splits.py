@@ -80,7 +80,8 @@ def select_labeled(dataset_dicts, entries, source):
             raise SplitListError(f"{entry.where}: image {entry.image!r} is not in the dataset "
                                  f"({len(by_stem)} images in {source})")
         if not os.path.isfile(record["file_name"]):
-            raise SplitListError(f"{entry.where}: listed image {record['file_name']} does not exist")
+            raise SplitListError(f"{entry.where}: listed image {record['file_name']} does not "
+                                 "exist")
         selected.append(record)
     return selected
 
