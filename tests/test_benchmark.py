@@ -3,16 +3,14 @@
 No timing is asserted: only that each phase was measured once per timed iteration and that the
 derived numbers follow from the measured ones.
 """
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from tests.helpers.tiny import CONFIG_DIR, tiny_cfg
+from tests.helpers.tools import load_tool
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_DEARLI = str(CONFIG_DIR / "tiny_dearli.yaml")
 TINY_SUPERVISED = str(CONFIG_DIR / "tiny_supervised.yaml")
 REPORTED_FIELDS = {
@@ -20,16 +18,7 @@ REPORTED_FIELDS = {
     "iters", "warmup", "images_per_iter", "median_s_per_iter", "images_per_s", "peak_memory_mb",
     "peak_memory_kind", "phases",
 }
-
-
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("dearli_benchmark_tool", REPO_ROOT / "tools" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-benchmark = _load_benchmark()
+benchmark = load_tool("benchmark")
 
 
 def run_benchmark(task, tmp_path, *extra, config=TINY_DEARLI):

@@ -1,5 +1,4 @@
 """tools/demo.py on the real sample images with a tiny random model loaded through MODEL.WEIGHTS."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,20 +9,11 @@ from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
 from tests.helpers.tiny import CONFIG_DIR, tiny_cfg
+from tests.helpers.tools import load_tool
 from tests.helpers.tiny_weights import save_tiny_checkpoint
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = str(CONFIG_DIR / "tiny_dearli.yaml")
-
-
-def _load_demo():
-    spec = importlib.util.spec_from_file_location("dearli_demo_tool", REPO_ROOT / "tools" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-demo = _load_demo()
+demo = load_tool("demo")
 
 
 @pytest.fixture(scope="module")
