@@ -140,6 +140,12 @@ def test_bad_class_lists_are_rejected_and_leave_the_model_unchanged(predictor, c
     assert predictor.metadata.name == "dearli_shapes_train_labeled"
 
 
+def test_more_classes_than_orthogonal_rows_is_an_error_before_any_change(predictor):
+    with pytest.raises(ValueError, match=r"needs NUM_CLASSES \(65\) <= EMBED_DIM \(64\)"):
+        predictor.set_classes([f"class {i}" for i in range(65)])
+    assert predictor.num_classes == TINY_NUM_CLASSES
+
+
 def test_stuff_names_must_be_classes(predictor):
     with pytest.raises(ValueError, match=r"stuff classes \['grass'\] are not in the class list \['dog'\]"):
         predictor.set_classes(["dog"], stuff=["grass"])

@@ -99,10 +99,12 @@ class DEARLiPredictor:
         if old.embedding == "orthogonal":
             logger.warning("MODEL.CLIP_HEAD.CLASS_EMBEDDING is 'orthogonal': the new class names do "
                            "not influence the predictions, only the number of classes changes")
-        self.model.text_classifier = TextClassifier(
+        text_classifier = TextClassifier(
             class_synonyms=class_synonyms, templates=old.templates, embedding=old.embedding,
             embed_dim=old.embed_dim, text_batch_size=old.text_batch_size, cache_dir=old.cache_dir or "",
         )
+        text_classifier(self.model.backbone)  # computed now: an error leaves the model unchanged
+        self.model.text_classifier = text_classifier
         self.model.thing_ids = frozenset(i for i, thing in enumerate(is_thing) if thing)
         self.metadata = open_vocabulary_metadata(class_synonyms, is_thing)
         return self.metadata
