@@ -79,16 +79,35 @@ def test_rle_round_trip_matches_segment_anythings_binary_masks(ade_image):
         assert a["area"] == b["segmentation"].sum()
 
 
-def test_thresholds_filter_by_predicted_iou(ade_image):
+def _confident_tiny_sam():
+    """A tiny SAM whose IoU predictions (+1) and mask logits (x30) are shifted so thresholds > 0 bite."""
     model = build_tiny_sam()
-    with torch.no_grad():  # random IoU predictions are ~0 and SAM disables thresholds <= 0: shift them up
+    with torch.no_grad():  # random IoUs are ~0 and SAM disables thresholds <= 0
         model.mask_decoder.iou_prediction_head.layers[-1].bias += 1.0
-    everything = SamMaskGenerator(model, LOW).generate(ade_image)
-    cut = float(np.median([a["predicted_iou"] for a in everything]))
-    settings = GeneratorSettings(points_per_side=4, pred_iou_thresh=cut, stability_score_thresh=0.0, points_per_batch=8)
-    kept = SamMaskGenerator(model, settings).generate(ade_image)
-    assert all(a["predicted_iou"] > cut for a in kept)
-    assert len(kept) < len(everything)
+        for mlp in model.mask_decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight *= 30
+            mlp.layers[-1].bias *= 30
+    return model
+
+
+# IoU cut at the median (the IoU filter bites), or just below the lowest IoU with a stability cut
+# (the stability filter bites).
+@pytest.mark.parametrize("iou_rule, stability_cut", [("median", 0.0), ("below_min", 0.01)])
+def test_thresholds_filter_and_iou_first_equals_segment_anything(ade_image, iou_rule, stability_cut):
+    """Filtering by predicted IoU before upsampling (our speed-up) gives segment_anything's exact output."""
+    model = _confident_tiny_sam()
+    unfiltered = dict(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0, points_per_batch=64)
+    everything = SamMaskGenerator(model, GeneratorSettings(**unfiltered)).generate(ade_image)
+    ious = [a["predicted_iou"] for a in everything]
+    iou_cut = float(np.median(ious)) if iou_rule == "median" else min(ious) - 1e-3
+    params = dict(unfiltered, pred_iou_thresh=iou_cut, stability_score_thresh=stability_cut)
+    kept = SamMaskGenerator(model, GeneratorSettings(**params)).generate(ade_image)
+    reference = SamAutomaticMaskGenerator(model, output_mode="coco_rle", **params).generate(ade_image)
+    assert iou_cut > 0 and 0 < len(kept) < len(everything)
+    assert all(a["predicted_iou"] > iou_cut and a["stability_score"] >= stability_cut for a in kept)
+    assert [a["segmentation"] for a in kept] == [r["segmentation"] for r in reference]
+    assert [a["predicted_iou"] for a in kept] == [r["predicted_iou"] for r in reference]
+    assert [a["stability_score"] for a in kept] == [r["stability_score"] for r in reference]
 
 
 def test_generate_rejects_non_rgb_uint8():
