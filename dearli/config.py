@@ -259,3 +259,18 @@ def _add_test_config(cfg):
     cfg.TEST.EVAL_PERIOD = 20000
     # Test-time augmentation is not implemented (as in the reference).
     cfg.TEST.AUG.ENABLED = False
+
+
+def load_config(config_file=None, opts=()):
+    """Detectron2 defaults + dearli's keys, then ``config_file`` (if any), then ``KEY VALUE`` ``opts``.
+
+    The one place tools build a config from the command line; unknown keys raise (yacs' check).
+    """
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    add_dearli_config(cfg)
+    if config_file:
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    return cfg

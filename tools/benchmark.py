@@ -31,7 +31,6 @@ import time
 from typing import Callable, Dict, List
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import HookBase, hooks
@@ -40,7 +39,7 @@ from detectron2.utils.events import EventStorage
 from tabulate import tabulate
 
 import dearli  # noqa: F401
-from dearli.config import add_dearli_config
+from dearli.config import load_config
 from dearli.data import datasets, shapes  # noqa: F401  (registers the dataset names)
 from dearli.data.sampling import build_train_loader
 from dearli.engine.hooks import SemiSupervisedHook, peak_memory_mb
@@ -68,10 +67,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def setup_cfg(args):
-    cfg = get_cfg()
-    add_dearli_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
     if args.device:
         cfg.MODEL.DEVICE = args.device
     if torch.device(cfg.MODEL.DEVICE).type == "cuda" and not torch.cuda.is_available():

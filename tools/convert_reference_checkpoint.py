@@ -18,12 +18,11 @@ import logging
 import sys
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
 import dearli  # noqa: F401  (registers datasets and model components)
-from dearli.config import add_dearli_config
+from dearli.config import load_config
 from dearli.modeling import meta_arch  # noqa: F401  (registers the DEARLi meta-architecture)
 from dearli.modeling.checkpoint import (
     DEARLiCheckpointer,
@@ -67,10 +66,7 @@ def load_reference_state_dict(path: str, allow_pickle: bool = False):
 
 def check_against_config(config_file: str, checkpoint_path: str) -> None:
     """Load ``checkpoint_path`` into the model of ``config_file``; fail on missing trainable keys."""
-    cfg = get_cfg()
-    add_dearli_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.MODEL.DEVICE = "cpu"
+    cfg = load_config(config_file, ["MODEL.DEVICE", "cpu"])
     model = build_model(cfg)
     checkpointer = DEARLiCheckpointer(model)
     checkpointer.load(checkpoint_path)

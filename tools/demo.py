@@ -22,13 +22,12 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from detectron2.config import get_cfg
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 from PIL import Image
 
 import dearli  # noqa: F401
-from dearli.config import add_dearli_config
+from dearli.config import load_config
 from dearli.data import datasets, shapes  # noqa: F401  (registers the dataset names and metadata)
 from dearli.engine.predictor import DEARLiPredictor, check_stuff_names, normalise_class_list
 from dearli.engine.visualization import draw_panoptic, draw_semantic, named_segments
@@ -56,10 +55,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def setup_cfg(args):
-    cfg = get_cfg()
-    add_dearli_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     return cfg
 

@@ -21,12 +21,11 @@ from itertools import islice
 
 import numpy as np
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
-from dearli.config import add_dearli_config
+from dearli.config import load_config
 from dearli.data import mappers, shapes  # noqa: F401  (registers mappers and dearli_shapes_*)
 from dearli.data.sampling import build_train_batches
 from dearli.engine.pseudo_labels import cutmix_image
@@ -48,10 +47,7 @@ def parse_args(argv=None):
 
 
 def setup_cfg(args):
-    cfg = get_cfg()
-    add_dearli_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
     if args.source == "labeled" and args.dataset:
         cfg.DATASETS.TRAIN = (args.dataset,)
     if args.source == "unlabeled":

@@ -8,9 +8,7 @@ the synthetic shapes datasets.
 """
 from pathlib import Path
 
-from detectron2.config import get_cfg
-
-from dearli.config import add_dearli_config
+from dearli.config import load_config
 from dearli.data import shapes  # noqa: F401  (registers dearli_shapes_*)
 from dearli.modeling import meta_arch  # noqa: F401  (registers DEARLi and its parts)
 
@@ -18,11 +16,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "shapes"
 
 
 def tiny_cfg(name: str = "tiny_dearli", **overrides):
-    cfg = get_cfg()
-    add_dearli_config(cfg)
-    cfg.merge_from_file(str(CONFIG_DIR / f"{name}.yaml"))
     pairs = []
     for key, value in overrides.items():
         pairs += [key.replace("__", "."), value]
-    cfg.merge_from_list(pairs)
-    return cfg
+    return load_config(str(CONFIG_DIR / f"{name}.yaml"), pairs)
