@@ -48,7 +48,7 @@ def _add_backbone_config(cfg):
     # Backbone features given to the pixel decoder.
     cfg.MODEL.OPEN_CLIP.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     # Store the ConvNeXt trunk's weights channels-last (NHWC convolutions on GPU; features handed
-    # on stay NCHW). A GPU speed option; applied by tools/benchmark.py.
+    # on stay NCHW). A GPU speed option, used in training, inference and tools/benchmark.py.
     cfg.MODEL.OPEN_CLIP.CHANNELS_LAST = False
 
 

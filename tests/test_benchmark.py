@@ -70,29 +70,6 @@ def test_teacher_with_the_gpu_options_selected_on_cpu(tmp_path):
     assert 2 <= result["images_per_iter"] <= 4
 
 
-def test_channels_last_changes_the_layout_not_the_features():
-    from detectron2.modeling import build_model
-
-    cfg = tiny_cfg(MODEL__OPEN_CLIP__CHANNELS_LAST=True)
-    model = build_model(cfg).eval()
-    images = torch.randn(1, 3, 64, 96)
-    expected = model.backbone(images)
-    benchmark.apply_channels_last(model, cfg)
-    stem_weight = model.backbone.clip_model.visual.trunk.stem[0].weight
-    assert stem_weight.is_contiguous(memory_format=torch.channels_last)
-    assert not stem_weight.is_contiguous()
-    for name, feature in model.backbone(images).items():
-        assert torch.allclose(feature, expected[name], atol=1e-5), name
-
-
-def test_channels_last_is_off_by_default():
-    from detectron2.modeling import build_model
-
-    cfg = tiny_cfg()
-    model = benchmark.apply_channels_last(build_model(cfg), cfg)
-    assert model.backbone.clip_model.visual.trunk.stem[0].weight.is_contiguous()
-
-
 @pytest.mark.parametrize("args, message", [
     (["--task", "teacher", "--config-file", TINY_SUPERVISED], "it needs SSL.ENABLED True"),
     (["--task", "infer", "--config-file", TINY_DEARLI, "--opts", "DATASETS.TEST", "()"],

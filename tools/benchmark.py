@@ -87,14 +87,6 @@ def check_task_inputs(cfg, task: str) -> None:
                          "DATASETS.TRAIN_UNLABELED")
 
 
-def apply_channels_last(model: torch.nn.Module, cfg) -> torch.nn.Module:
-    """With MODEL.OPEN_CLIP.CHANNELS_LAST, store the ConvNeXt trunk's 4-D weights channels-last, so
-    its convolutions (and timm's channel LayerNorm) run in NHWC on GPU; outputs stay NCHW."""
-    if cfg.MODEL.OPEN_CLIP.CHANNELS_LAST:
-        model.backbone.clip_model.visual.trunk.to(memory_format=torch.channels_last)
-    return model
-
-
 class PhaseTimer:
     """Wall-clock seconds of named phases per iteration (CUDA synchronised at every boundary)."""
 
@@ -155,10 +147,6 @@ class _BenchmarkTrainer(DEARLiTrainer):
         self.recorder = recorder  # read by build_hooks, which DEARLiTrainer.__init__ calls
         super().__init__(cfg)
 
-    @classmethod
-    def build_model(cls, cfg):
-        return apply_channels_last(super().build_model(cfg), cfg)
-
     def build_hooks(self):
         return [self.ssl, hooks.LRScheduler(), self.recorder]
 
@@ -186,7 +174,6 @@ def benchmark_train(cfg, warmup: int, iters: int, timer: PhaseTimer) -> None:
 def benchmark_infer(cfg, warmup: int, iters: int, timer: PhaseTimer) -> None:
     files = [record["file_name"] for record in DatasetCatalog.get(cfg.DATASETS.TEST[0])]
     predictor = DEARLiPredictor(cfg)
-    apply_channels_last(predictor.model, cfg)
     precision = build_precision(cfg)
     for iteration in range(warmup + iters):
         if iteration == warmup:
@@ -202,7 +189,7 @@ def benchmark_infer(cfg, warmup: int, iters: int, timer: PhaseTimer) -> None:
 
 
 def benchmark_teacher(cfg, warmup: int, iters: int, timer: PhaseTimer) -> None:
-    model = apply_channels_last(build_model(cfg), cfg)
+    model = build_model(cfg)
     DEARLiCheckpointer(model, save_to_disk=False).load(cfg.MODEL.WEIGHTS)
     ssl = SemiSupervisedHook(cfg, model)
     ssl.initialize_teacher()

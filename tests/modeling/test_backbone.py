@@ -239,3 +239,22 @@ def test_paper_backbone_matches_the_reference_manifest():
     assert [s.channels for s in backbone.output_shape().values()] == [128, 256, 512, 1024]
     assert backbone.embed_dim == 640
     assert backbone.tokenize(["a photo of a wall."]).shape == (1, 77)  # no download needed
+
+
+def test_channels_last_changes_the_layout_not_the_features():
+    from detectron2.modeling import build_model
+
+    from tests.helpers.tiny import tiny_cfg
+
+    torch.manual_seed(0)
+    plain = build_model(tiny_cfg()).eval()
+    torch.manual_seed(0)
+    nhwc = build_model(tiny_cfg(MODEL__OPEN_CLIP__CHANNELS_LAST=True)).eval()
+    stem_weight = nhwc.backbone.clip_model.visual.trunk.stem[0].weight
+    assert stem_weight.is_contiguous(memory_format=torch.channels_last) and not stem_weight.is_contiguous()
+    assert plain.backbone.clip_model.visual.trunk.stem[0].weight.is_contiguous()
+    images = torch.randn(1, 3, 64, 96)
+    expected = plain.backbone(images)
+    for name, feature in nhwc.backbone(images).items():
+        assert feature.shape == expected[name].shape
+        assert torch.allclose(feature, expected[name], atol=1e-5), name

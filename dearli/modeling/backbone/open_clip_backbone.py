@@ -132,7 +132,7 @@ class OpenCLIPBackbone(Backbone):
 
     @configurable
     def __init__(self, *, model_name, pretrained="", freeze=True,
-                 out_features=("res2", "res3", "res4", "res5")):
+                 out_features=("res2", "res3", "res4", "res5"), channels_last=False):
         super().__init__()
         self.model_name = model_name
         check_model_name(model_name)
@@ -140,6 +140,11 @@ class OpenCLIPBackbone(Backbone):
         weights = resolve_pretrained_file_once_per_node(model_name, pretrained) if pretrained else None
         self.clip_model = build_clip_model(model_name, weights)
         self._check_convnext_trunk()
+        # NHWC weights let the trunk's convolutions and channel LayerNorms run channels-last on GPU;
+        # forward converts the input to match, and the features keep their NCHW shapes.
+        self.channels_last = channels_last
+        if channels_last:
+            self.clip_model.visual.trunk.to(memory_format=torch.channels_last)
         # Incremented whenever CLIP weights are (re)loaded; caches of derived tensors compare it.
         self.clip_weights_version = 1 if pretrained else 0
         self.freeze = freeze
@@ -169,6 +174,7 @@ class OpenCLIPBackbone(Backbone):
             "pretrained": cfg.MODEL.OPEN_CLIP.PRETRAINED,
             "freeze": cfg.MODEL.OPEN_CLIP.FREEZE,
             "out_features": cfg.MODEL.OPEN_CLIP.OUT_FEATURES,
+            "channels_last": cfg.MODEL.OPEN_CLIP.CHANNELS_LAST,
         }
 
     def _check_convnext_trunk(self):
@@ -195,6 +201,8 @@ class OpenCLIPBackbone(Backbone):
 
     def forward(self, x):
         self._check_input(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         if self.freeze:
             with torch.no_grad():
                 return self._extract_features(x)
