@@ -13,9 +13,8 @@ import logging
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco_panoptic import load_coco_panoptic_json
-from detectron2.data.detection_utils import read_image
-from panopticapi.utils import rgb2id
 
+from dearli.data.datasets.validate import read_panoptic_ids
 from dearli.data.sam_format import (
     ensure_meta,
     finished_keys,
@@ -43,7 +42,7 @@ def oracle_annotations(dataset_dict):
             f"{dataset_dict.get('file_name')}: oracle proposals need panoptic ground truth "
             "('pan_seg_file_name' and 'segments_info'); this dataset has none"
         )
-    segment_ids = rgb2id(read_image(dataset_dict["pan_seg_file_name"], format="RGB"))
+    segment_ids = read_panoptic_ids(dataset_dict["pan_seg_file_name"], dataset_dict["segments_info"])
     annotations = []
     for segment in dataset_dict["segments_info"]:
         mask = segment_ids == segment["id"]

@@ -10,9 +10,11 @@
 - ``SamMaskGenerator.generate(image)``: one RGB image -> list of annotations in the schema of
   ``dearli.data.sam_format`` (COCO RLE, area, bbox, predicted IoU, stability score, point).
 
-On a GPU, segment_anything keeps the per-batch post-processing (mask upsampling, IoU and
-stability filtering, box NMS, change-point search of the RLE) on the device; only the final
-run lengths are copied to the host.
+Speed: at 32x32 points SAM decodes 3072 low-res masks per image, and upsampling each of them to
+the image size costs more than the image encoder. ``_IoUFirstMaskGenerator`` drops the masks
+below the predicted-IoU threshold *before* upsampling (identical output, tested). The remaining
+post-processing (stability score, binarisation, boxes, NMS, RLE change points) stays on the
+model's device, as in segment_anything; only run lengths go to the host.
 """
 import hashlib
 import logging

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 from detectron2.data import DatasetCatalog
-from detectron2.data.detection_utils import read_image
 from tqdm import tqdm
 
 from dearli.data.datasets.sam_images import image_paths_from
+from dearli.data.datasets.validate import read_rgb_image
 from dearli.data.sam_format import (
     SUMMARIES_DIR,
     atomic_write_json,
@@ -123,11 +123,6 @@ def summary_path(label_dir, shard_index, shard_count):
     return Path(label_dir) / SUMMARIES_DIR / f"shard_{shard_index}_of_{shard_count}.json"
 
 
-def _read_rgb(file_name):
-    """HxWx3 uint8 RGB, EXIF orientation applied (the same reader the training mappers use)."""
-    return read_image(file_name, format="RGB")
-
-
 def generate_labels(items, label_dir, generate, stop_after=None, progress=True, position=0):
     """Write the record of every item in ``items`` that has none yet; return a ``RunSummary``.
 
@@ -142,7 +137,7 @@ def generate_labels(items, label_dir, generate, stop_after=None, progress=True, 
     for item in tqdm(todo, desc=f"pseudo-labels {Path(label_dir).name}", position=position, disable=not progress):
         start = time.perf_counter()
         try:
-            image = _read_rgb(item.file_name)
+            image = read_rgb_image(item.file_name)  # the training mappers' reader: same pixels
         except Exception as e:  # any decoder error: this image is skipped, the run goes on
             logger.error("cannot read image %s (%s: %s); skipped", item.file_name, type(e).__name__, e)
             summary.failures.append([item.file_name, f"{type(e).__name__}: {e}"])
@@ -188,7 +183,7 @@ def benchmark(generator, model, items, warmup=1):
     Images are read before timing; nothing is written. The first ``warmup`` images are run once
     untimed (allocator, cuDNN autotuning).
     """
-    images = [_read_rgb(item.file_name) for item in items]
+    images = [read_rgb_image(item.file_name) for item in items]
     for image in images[:warmup]:
         generator.generate(image)
     timer = _EncoderTimer(model.image_encoder)

@@ -1,6 +1,7 @@
 """The class-agnostic warm-up stage: configs, hand-over to dearli_* configs, oracle proposals, and
 end to end on CPU: tiny-SAM labels -> a few warm-up iterations -> semi-supervised student + teacher."""
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,10 @@ from dearli.sam.pipeline import collect_images, generate_labels
 from dearli.sam.tiny import build_tiny_sam
 from tests.helpers.tiny import tiny_cfg
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "configs"
+sys.path.insert(0, str(REPO / "tools"))
+import generate_sam_pseudolabels as tool  # noqa: E402
 
 
 def _load(path):
@@ -94,6 +98,16 @@ def test_oracle_proposals_are_the_ground_truth_segments_without_classes(oracle_s
             np.testing.assert_array_equal(got, want)
         assert all(a["predicted_iou"] == 1.0 for a in record["annotations"])
     assert MetadataCatalog.get("dearli_shapes_sam_oracle_train").proposal_source == "oracle"
+
+
+def test_tool_writes_labelled_oracle_proposals(oracle_set, tmp_path, capsys):
+    tool.main(["--oracle", "--dataset", "test_oracle_shapes_train_unlabeled", "--output", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "[ORACLE proposals (ground-truth segments, not SAM)] images 3 | already done 0 | generated 3" in out
+    label_dir = tmp_path / ORACLE_SUBDIR
+    assert fmt.read_meta(label_dir)["source"] == "oracle" and len(fmt.finished_keys(label_dir)) == 3
+    with pytest.raises(SystemExit, match="--oracle needs --dataset"):
+        tool.main(["--oracle", "--images", str(tmp_path), "--output", str(tmp_path)])
 
 
 def test_shipped_tiny_warmup_config_trains_on_oracle_proposals(oracle_set, tmp_path):

@@ -16,12 +16,12 @@ it in the mapper. Dataset dicts are ``{"file_name", "image_id", "sam_key", "sam_
 sizes come from the label records. The single class is "segment" (synonym file ``sa1b``).
 """
 import logging
-import os
 from pathlib import Path
 
 from detectron2.data import MetadataCatalog
 
 from dearli.data import shapes  # noqa: F401  (registers dearli_shapes_*, the oracle set's sources)
+from dearli.data.datasets.builtin import get_datasets_root
 from dearli.data.datasets.metadata import build_panoptic_metadata, register_dataset
 from dearli.data.sam_format import finished_keys, image_key, settings_dirname
 from dearli.data.sam_oracle import ORACLE_SUBDIR, with_panoptic_ground_truth, write_oracle_labels
@@ -140,7 +140,7 @@ def _register_builtin(root):
         register_sam_dataset(name, Path(root) / image_dir, str(dataset_dir / "sam_labels" / PAPER_LABEL_SUBDIR))
 
 
-_register_builtin(os.getenv("DETECTRON2_DATASETS", "datasets"))
+_register_builtin(get_datasets_root())
 # CPU demo warm-up (configs/shapes/tiny_warmup.yaml): ORACLE proposals on all synthetic training
 # images (labeled and unlabeled split, as the paper's warm-up covers all training images). It uses
 # the unlabeled split's ground-truth masks (never its classes): an upper bound, not a SAM result.
