@@ -134,7 +134,7 @@ def generate_labels(items, label_dir, generate, stop_after=None, progress=True, 
     todo = [item for item in items if item.key not in done]
     summary = RunSummary(images=len(items), already_done=len(items) - len(todo))
     new_counts = {}
-    for item in tqdm(todo, desc=f"pseudo-labels {Path(label_dir).name}", position=position, disable=not progress):
+    for item in tqdm(todo, desc="pseudo-labels", position=position, disable=not progress):
         start = time.perf_counter()
         try:
             image = read_rgb_image(item.file_name)  # the training mappers' reader: same pixels
