@@ -74,6 +74,16 @@ class TeacherCheckpointable:
         self.teacher.load_state_dict(state)
 
 
+def read_teacher_state(path: str) -> Dict[str, torch.Tensor]:
+    """The teacher's state dict stored in a training checkpoint written by DEARLiTrainer."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict) or "teacher" not in checkpoint:
+        found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise KeyError(f"{path} holds no teacher (entries: {found}); pass a training checkpoint written by "
+                       "DEARLiTrainer (OUTPUT_DIR/model_*.pth), or an exported teacher as MODEL.WEIGHTS")
+    return checkpoint["teacher"]
+
+
 def peak_memory_mb(device_type: str) -> float:
     """Peak GPU memory allocated (CUDA) or peak resident memory of this process (CPU), in MiB."""
     if device_type == "cuda":
@@ -111,6 +121,9 @@ class SemiSupervisedHook(HookBase):
         self.device_type = torch.device(cfg.MODEL.DEVICE).type
         self.output_dir = cfg.OUTPUT_DIR
         self.class_counts = torch.zeros(self.num_classes, dtype=torch.int64)
+        # (student samples, their labels, unlabeled samples, teacher labels) of the last batch,
+        # for visualisations outside the training loop (the demo).
+        self.last_pseudo_labels = None
 
     # ---- teacher initialisation ------------------------------------------------------------------
 
@@ -153,6 +166,7 @@ class SemiSupervisedHook(HookBase):
             samples.append(student_sample)
             final_labels.append(label)
         self._log_pseudo_labels(samples, final_labels, unlabeled, labels[: len(unlabeled)])
+        self.last_pseudo_labels = (samples, final_labels, unlabeled, labels[: len(unlabeled)])
         return samples
 
     def _log_pseudo_labels(self, samples, labels, unlabeled, teacher_labels) -> None:
@@ -168,11 +182,8 @@ class SemiSupervisedHook(HookBase):
             self._put_images(storage, samples, labels, unlabeled, teacher_labels)
 
     def _put_images(self, storage, samples, labels, unlabeled, teacher_labels) -> None:
-        """Per image: weak view + teacher pseudo-label | strong CutMix view + student target."""
-        for k in range(min(self.vis_images, len(samples))):
-            weak = _draw(unlabeled[k]["weak_image"], teacher_labels[k], self.metadata)
-            mixed = _draw(samples[k]["image"], labels[k], self.metadata)
-            panel = np.concatenate([weak, mixed], axis=1)
+        panels = pseudo_label_panels(samples, labels, unlabeled, teacher_labels, self.metadata, self.vis_images)
+        for k, panel in enumerate(panels):
             storage.put_image(f"ssl/pseudo_labels_{k}", torch.from_numpy(panel).permute(2, 0, 1).float() / 255.0)
 
     # ---- EMA and telemetry after the optimizer step ------------------------------------------------
@@ -212,6 +223,17 @@ def segments_info_of(label) -> List[Dict]:
         {"id": i + 1, "category_id": int(c), "isthing": bool(t), "score": float(s)}
         for i, (c, t, s) in enumerate(zip(label.classes.tolist(), label.isthing.tolist(), label.scores.tolist()))
     ]
+
+
+def pseudo_label_panels(samples, labels, unlabeled, teacher_labels, metadata, limit: int) -> List[np.ndarray]:
+    """Per image (at most ``limit``), RGB uint8: weak view + teacher pseudo-label | strong CutMix
+    view + the student's target."""
+    panels = []
+    for k in range(min(limit, len(samples))):
+        weak = _draw(unlabeled[k]["weak_image"], teacher_labels[k], metadata)
+        mixed = _draw(samples[k]["image"], labels[k], metadata)
+        panels.append(np.concatenate([weak, mixed], axis=1))
+    return panels
 
 
 def _draw(image: torch.Tensor, label, metadata) -> np.ndarray:

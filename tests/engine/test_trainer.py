@@ -151,3 +151,36 @@ def test_periodic_evaluation_covers_student_and_teacher(tmp_path):
     history = trainer.storage.history("teacher/panoptic_seg/PQ").values()
     assert [it for _, it in history] == [0, 2]  # after iteration 0 (periodic) and after training
     assert results["panoptic_seg"]["PQ"] == pytest.approx(trainer.storage.history("panoptic_seg/PQ").latest())
+
+
+def load_tool(name):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"dearli_tool_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_eval_only_teacher_and_exported_teacher_agree(tmp_path):
+    train(engine_cfg(tmp_path / "run", **{"SOLVER.MAX_ITER": 2, "MODEL.TEACHER.EMA_DECAY": 0.5}))
+    train_net, export = load_tool("train_net"), load_tool("export_teacher")
+    checkpoint, exported = tmp_path / "run" / "model_final.pth", tmp_path / "teacher.pth"
+    common = ["DATASETS.TEST", "('dearli_shapes_val',)", "SSL.ENABLED", "True", "OUTPUT_DIR", str(tmp_path / "eval")]
+    args = train_net.parse_args(["--config-file", "configs/shapes/tiny_dearli.yaml", "--eval-only", "--eval-teacher",
+                                 "MODEL.WEIGHTS", str(checkpoint)] + common)
+    both = train_net.main(args)
+    assert export.main([str(checkpoint), str(exported)]) == 0
+    teacher, trained = torch.load(exported, weights_only=True)["model"], load_checkpoint(checkpoint)
+    assert teacher.keys() == trained["teacher"].keys()
+    assert all(torch.equal(v, trained["teacher"][k]) for k, v in teacher.items())
+    assert not all(torch.equal(v, trained["model"][k]) for k, v in teacher.items())  # not the student
+    args = train_net.parse_args(["--config-file", "configs/shapes/tiny_dearli.yaml", "--eval-only",
+                                 "MODEL.WEIGHTS", str(exported)] + common)
+    alone = train_net.main(args)
+    assert alone["panoptic_seg"]["PQ"] == both["teacher"]["panoptic_seg"]["PQ"]
+    assert alone["sem_seg"]["mIoU"] == both["teacher"]["sem_seg"]["mIoU"]
+    with pytest.raises(KeyError, match="holds no teacher"):
+        export.main([str(exported), str(tmp_path / "again.pth")])

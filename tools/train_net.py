@@ -1,0 +1,104 @@
+#!/usr/bin/env python
+"""Train or evaluate DEARLi (semi-supervised, DEAR, or the supervised-only baseline).
+
+    python tools/train_net.py --config-file CFG [--num-gpus N] [--resume] [--eval-only] [--eval-teacher] [KEY VALUE ...]
+
+With MODEL.DEVICE cpu, ``--num-gpus N`` starts N CPU processes joined by gloo; otherwise N GPU
+processes with NCCL (Detectron2's launcher). ``--eval-only`` evaluates the student of
+MODEL.WEIGHTS (or of the last checkpoint with ``--resume``); ``--eval-teacher`` also evaluates the
+EMA teacher stored in that training checkpoint.
+"""
+import logging
+import os
+
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser
+from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
+from detectron2.utils.logger import setup_logger
+
+import dearli  # noqa: F401  (registers datasets and models)
+from dearli.config import add_dearli_config
+from dearli.engine.hooks import TeacherCheckpointable, build_teacher, read_teacher_state
+from dearli.engine.launch import launch
+from dearli.engine.state import TrainingCheckpointer
+from dearli.engine.trainer import DEARLiTrainer
+from dearli.modeling.checkpoint import atomic_write
+
+logger = logging.getLogger("dearli.train_net")
+
+
+def load_config(args):
+    """The config of ``args`` (file + KEY VALUE overrides), frozen, without side effects."""
+    cfg = get_cfg()
+    add_dearli_config(cfg)
+    if args.config_file:
+        cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    return cfg
+
+
+def setup(cfg, args) -> None:
+    """Detectron2's default_setup without collect_env_info (it needs detectron2's compiled ops):
+    output folder, loggers, the full config saved next to the results, per-process seeds."""
+    rank = comm.get_rank()
+    if comm.is_main_process() and cfg.OUTPUT_DIR:
+        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    for name in ("fvcore", "detectron2", "dearli"):
+        setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank, name=name, abbrev_name="d2" if name == "detectron2" else name)
+    logger.info("Rank %d of %d; command line arguments: %s", rank, comm.get_world_size(), args)
+    if comm.is_main_process() and cfg.OUTPUT_DIR:
+        path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+        with atomic_write(path) as f:
+            f.write(cfg.dump().encode())
+        logger.info("Full config saved to %s", path)
+    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
+
+
+def evaluate(cfg, args):
+    """Student (and, on request, teacher) results of a checkpoint."""
+    model = DEARLiTrainer.build_model(cfg)
+    checkpointer = TrainingCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+    checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+    results = DEARLiTrainer.test(cfg, model)
+    if args.eval_teacher:
+        path = checkpointer.get_checkpoint_file() if args.resume and checkpointer.has_checkpoint() else cfg.MODEL.WEIGHTS
+        teacher = build_teacher(model)
+        TeacherCheckpointable(teacher).load_state_dict(read_teacher_state(path))
+        results = dict(results, teacher=DEARLiTrainer.test(cfg, teacher))
+    return results
+
+
+def main(args):
+    cfg = load_config(args)
+    setup(cfg, args)
+    if args.eval_only:
+        return evaluate(cfg, args)
+    trainer = DEARLiTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def parse_args(argv=None):
+    parser = default_argument_parser()
+    parser.add_argument("--eval-teacher", action="store_true",
+                        help="with --eval-only: also evaluate the EMA teacher of the training checkpoint")
+    args = parser.parse_args(argv)
+    if args.eval_teacher and not args.eval_only:
+        parser.error("--eval-teacher needs --eval-only (training evaluates the teacher by MODEL.TEACHER.EVALUATE)")
+    return args
+
+
+def cli(argv=None):
+    args = parse_args(argv)
+    device = load_config(args).MODEL.DEVICE
+    logger.info("Command line arguments: %s", args)
+    return launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+                  dist_url=args.dist_url, args=(args,), device=device)
+
+
+if __name__ == "__main__":
+    results = cli()
+    if comm.is_main_process() and results:
+        logger.info("results: %s", results)
