@@ -46,7 +46,8 @@ from dearli.engine.hooks import SemiSupervisedHook, peak_memory_mb
 from dearli.engine.precision import build_precision
 from dearli.engine.predictor import DEARLiPredictor
 from dearli.engine.trainer import DEARLiTrainer
-from dearli.modeling.checkpoint import DEARLiCheckpointer, atomic_write
+from dearli.modeling.checkpoint import DEARLiCheckpointer
+from dearli.utils.atomic_io import atomic_write
 
 TASKS = ("train", "infer", "teacher")
 

@@ -31,7 +31,7 @@ from dearli.config import load_config
 from dearli.data import datasets, shapes  # noqa: F401  (registers the dataset names and metadata)
 from dearli.engine.predictor import DEARLiPredictor, check_stuff_names, normalise_class_list
 from dearli.engine.visualization import draw_panoptic, draw_semantic, named_segments
-from dearli.modeling.checkpoint import atomic_write
+from dearli.utils.atomic_io import atomic_write
 
 logger = logging.getLogger("dearli.demo")
 

@@ -40,11 +40,12 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from pycocotools import mask as mask_utils
+
+from dearli.utils.atomic_io import TMP_PREFIX, atomic_write_json  # noqa: F401  (re-exported)
 
 FORMAT_NAME = "dearli-sam-masks"
 FORMAT_VERSION = 1
@@ -52,7 +53,6 @@ META_FILE = "meta.json"
 INDEX_FILE = "index.json"
 MASKS_DIR = "masks"
 SUMMARIES_DIR = "summaries"
-TMP_PREFIX = ".tmp-"
 # Image keys become file names: keep them to a portable, unambiguous character set.
 _KEY_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
@@ -86,23 +86,6 @@ def record_path(label_dir, key):
     """Path of the record of image ``key`` inside ``label_dir``."""
     bucket = hashlib.sha1(key.encode("utf-8")).hexdigest()[:2]
     return Path(label_dir) / MASKS_DIR / bucket / f"{key}.json"
-
-
-def atomic_write_json(path, obj):
-    """Write ``obj`` as JSON to ``path`` so that readers see either nothing or the whole file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, separators=(",", ":"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _read_json(path):

@@ -7,9 +7,7 @@ skipped for their shape, and raises when none of the model's trainable parameter
 Frozen CLIP tensors missing from a checkpoint are expected: they come from
 MODEL.OPEN_CLIP.PRETRAINED, applied when the backbone is built, before MODEL.WEIGHTS.
 """
-import contextlib
 import os
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Tuple
@@ -17,6 +15,8 @@ from typing import Dict, Iterable, List, Tuple
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from tabulate import tabulate
+
+from dearli.utils.atomic_io import atomic_write  # noqa: F401  (re-exported for tools)
 
 FROZEN_CLIP_PREFIX = "backbone.clip_model."
 # Top-level modules reported per child module rather than as one row.
@@ -129,24 +129,6 @@ class DEARLiCheckpointer(DetectionCheckpointer):
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         with atomic_write(os.path.join(self.save_dir, "last_checkpoint")) as f:
             f.write(last_filename_basename.encode())
-
-
-@contextlib.contextmanager
-def atomic_write(path: str):
-    """Open a temporary file next to ``path`` for binary writing; on success rename it over
-    ``path``, so readers never see a partial file; on failure remove it."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_" + os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def convert_reference_state_dict(

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 
-from .checkpoint import atomic_write
+from dearli.utils.atomic_io import atomic_write
 
 logger = logging.getLogger(__name__)
 

@@ -10,36 +10,19 @@ import argparse
 import json
 import multiprocessing
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from panopticapi.utils import id2rgb
 from scipy import ndimage
 
-from dearli.data.sam_format import TMP_PREFIX, atomic_write_json
+from dearli.utils.atomic_io import atomic_write_json, save_png_atomic
 
 __all__ = [
     "atomic_write_json", "save_png_atomic", "save_panoptic_png", "segment_records",
     "paint_segments", "ProgressLog", "map_in_pool", "default_workers", "preparation_parser",
     "run_per_subset",
 ]
-
-
-def save_png_atomic(array, path):
-    """Write a uint8 HxW or HxWx3 array as a PNG at ``path``, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(np.ascontiguousarray(array)).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_panoptic_png(segment_ids, path):

@@ -1,0 +1,47 @@
+"""Atomic file writes: readers see either the previous file or the complete new one, never a part.
+
+Every generated file in dearli (checkpoints, SAM pseudo-labels, prepared dataset files, text
+classifier caches, tool outputs) is written through :func:`atomic_write`: the data goes to a
+temporary file ``.tmp-*`` in the target's folder, is flushed and fsync'ed, then ``os.replace``'d
+over the target. An interrupted write leaves only an ignorable ``.tmp-*`` file behind.
+"""
+import contextlib
+import json
+import os
+import tempfile
+
+import numpy as np
+from PIL import Image
+
+TMP_PREFIX = ".tmp-"
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode: str = "wb", encoding=None):
+    """Open a temporary file next to ``path``; on success rename it over ``path``, on failure remove it."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=TMP_PREFIX + os.path.basename(path) + ".")
+    try:
+        with os.fdopen(fd, mode, encoding=encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_json(path, obj, **dump_kwargs):
+    """Write ``obj`` as (compact, by default) JSON to ``path``, atomically."""
+    dump_kwargs.setdefault("separators", (",", ":"))
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, **dump_kwargs)
+
+
+def save_png_atomic(array, path):
+    """Write a uint8 HxW or HxWx3 array as a PNG at ``path``, atomically."""
+    with atomic_write(path) as f:
+        Image.fromarray(np.ascontiguousarray(array)).save(f, format="PNG")
