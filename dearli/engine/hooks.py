@@ -225,19 +225,23 @@ def segments_info_of(label) -> List[Dict]:
     ]
 
 
-def pseudo_label_panels(samples, labels, unlabeled, teacher_labels, metadata, limit: int) -> List[np.ndarray]:
+def pseudo_label_panels(samples, labels, unlabeled, teacher_labels, metadata, limit: int, scale: int = 1) -> List[np.ndarray]:
     """Per image (at most ``limit``), RGB uint8: weak view + teacher pseudo-label | strong CutMix
-    view + the student's target."""
+    view + the student's target; ``scale`` enlarges small crops (nearest neighbour) before drawing."""
     panels = []
     for k in range(min(limit, len(samples))):
-        weak = _draw(unlabeled[k]["weak_image"], teacher_labels[k], metadata)
-        mixed = _draw(samples[k]["image"], labels[k], metadata)
+        weak = _draw(unlabeled[k]["weak_image"], teacher_labels[k], metadata, scale)
+        mixed = _draw(samples[k]["image"], labels[k], metadata, scale)
         panels.append(np.concatenate([weak, mixed], axis=1))
     return panels
 
 
-def _draw(image: torch.Tensor, label, metadata) -> np.ndarray:
-    rgb = image.permute(1, 2, 0).cpu().numpy().astype(np.uint8)
+def _draw(image: torch.Tensor, label, metadata, scale: int = 1) -> np.ndarray:
+    image, seg = image.cpu(), label.seg.cpu()
+    if scale > 1:
+        image = image.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+        seg = seg.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
+    rgb = image.permute(1, 2, 0).numpy().astype(np.uint8)
     if metadata is None:
         return rgb
-    return draw_panoptic(rgb, label.seg.cpu(), segments_info_of(label), metadata)
+    return draw_panoptic(rgb, seg, segments_info_of(label), metadata)
