@@ -16,7 +16,6 @@ What differs from ``DefaultTrainer`` and why:
 import difflib
 import functools
 import logging
-import os
 import time
 import weakref
 from collections import OrderedDict
@@ -30,7 +29,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import setup_logger
 
-from ..data.sampling import build_train_loader
+from ..data.sampling import build_train_loader, seed_of
 from ..evaluation import build_panoptic_evaluator
 from . import optim
 from .hooks import SemiSupervisedHook, TeacherCheckpointable
@@ -155,15 +154,6 @@ class SemiSupervisedStep(SimpleTrainer):
         self.precision.load_state_dict(state_dict.get("grad_scaler", {}))
 
 
-def resolve_seed(cfg) -> int:
-    """cfg.SEED, or (SEED < 0) one random seed shared by all processes."""
-    if cfg.SEED >= 0:
-        return int(cfg.SEED)
-    seed = comm.all_gather(int.from_bytes(os.urandom(4), "little"))[0]
-    logger.info("SEED < 0: using random seed %d for this run (set SEED for reproducible runs)", seed)
-    return seed
-
-
 class DEARLiTrainer(DefaultTrainer):
     """``DefaultTrainer`` for DEARLi (supervised-only, DEAR and DEARLi runs alike)."""
 
@@ -173,7 +163,7 @@ class DEARLiTrainer(DefaultTrainer):
             setup_logger()
         cfg = self.auto_scale_workers(cfg, comm.get_world_size())
         check_training_data(cfg)
-        seed = resolve_seed(cfg)
+        seed = seed_of(cfg)  # the data sampler's reading of SEED (SEED < 0 is a fixed seed too)
         seed_model_init(seed)
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
