@@ -14,7 +14,7 @@ import sys
 import torch
 
 from dearli.engine.hooks import read_teacher_state
-from dearli.modeling.checkpoint import atomic_write
+from dearli.utils.atomic_io import atomic_write
 
 
 def export_teacher(checkpoint: str, output: str) -> int:

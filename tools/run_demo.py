@@ -16,7 +16,6 @@ Output folder (default output/demo): per stage metrics.json, TensorBoard events,
 log.txt; demo_results.json / .md; visuals/*.png (predictions and pseudo-labels).
 """
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -27,16 +26,15 @@ import torch
 from detectron2.data import MetadataCatalog, build_detection_test_loader
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.events import EventStorage
-from detectron2.config import get_cfg
-from PIL import Image
 from tabulate import tabulate
 
-from dearli.config import add_dearli_config
+from dearli.config import load_config
 from dearli.data import sampling, shapes  # noqa: F401  (shapes registers dearli_shapes_*)
 from dearli.engine.hooks import pseudo_label_panels
 from dearli.engine.trainer import DEARLiTrainer
 from dearli.engine.visualization import draw_panoptic
 from dearli.modeling import meta_arch  # noqa: F401  (registers DEARLi)
+from dearli.utils.atomic_io import atomic_write, atomic_write_json, save_png_atomic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -70,9 +68,6 @@ def parse_args(argv=None):
 
 
 def stage_cfg(args, stage, **overrides):
-    cfg = get_cfg()
-    add_dearli_config(cfg)
-    cfg.merge_from_file(CONFIG)
     settings = {
         "OUTPUT_DIR": os.path.join(args.output_dir, stage),
         "SEED": args.seed,
@@ -85,7 +80,7 @@ def stage_cfg(args, stage, **overrides):
         "SSL.VIS_PERIOD": 100,
     }
     settings.update(overrides)
-    cfg.merge_from_list([item for pair in settings.items() for item in pair])
+    cfg = load_config(CONFIG, [item for pair in settings.items() for item in pair])
     cfg.freeze()
     return cfg
 
@@ -120,11 +115,6 @@ def summary(results):
     return {"student": pick(results), "teacher": pick(results["teacher"])}
 
 
-def save_png(array, path):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(array).save(path)
-
-
 def enlarge(image, seg, scale):
     """Nearest-neighbour enlargement of an HxWx3 image and its [H, W] segment map."""
     seg = torch.as_tensor(seg).repeat_interleave(scale, 0).repeat_interleave(scale, 1)
@@ -152,7 +142,7 @@ def save_predictions(trainer, name, visuals_dir, count, scale):
                 large_image, large_seg = enlarge(image, seg, scale)
                 drawn.append(draw_panoptic(large_image, large_seg, segments, metadata))
             original = enlarge(image, np.zeros(image.shape[:2]), scale)[0]
-            save_png(np.concatenate([original] + drawn, axis=1), os.path.join(visuals_dir, f"{name}_val{k}.png"))
+            save_png_atomic(np.concatenate([original] + drawn, axis=1), os.path.join(visuals_dir, f"{name}_val{k}.png"))
     for m, mode in zip(models, was_training):
         m.train(mode)
 
@@ -165,7 +155,7 @@ def save_pseudo_labels(trainer, visuals_dir, count, scale):
     samples, labels, unlabeled, teacher_labels = trainer.ssl.last_pseudo_labels
     metadata = MetadataCatalog.get(trainer.cfg.DATASETS.TRAIN[0])
     for k, panel in enumerate(pseudo_label_panels(samples, labels, unlabeled, teacher_labels, metadata, count, scale)):
-        save_png(panel, os.path.join(visuals_dir, f"pseudo_labels_{k}.png"))
+        save_png_atomic(panel, os.path.join(visuals_dir, f"pseudo_labels_{k}.png"))
 
 
 def results_table(rows):
@@ -173,13 +163,6 @@ def results_table(rows):
     body = [[name, iters] + [f"{scores[who][m]:.1f}" for who in ("student", "teacher") for m in ("PQ", "SQ", "RQ", "mIoU")]
             for name, iters, scores in rows]
     return tabulate(body, headers=header, tablefmt="github")
-
-
-def write_atomically(path, text):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def main(argv=None, log_to_file=True):
@@ -221,8 +204,9 @@ def main(argv=None, log_to_file=True):
         "seconds": {"burn_in": burn_in_s, "supervised_only": sup_s, "semi_supervised": ssl_s, "total": total},
         "settings": vars(args),
     }
-    write_atomically(os.path.join(args.output_dir, "demo_results.json"), json.dumps(report, indent=1))
-    write_atomically(os.path.join(args.output_dir, "demo_results.md"), table + "\n")
+    atomic_write_json(os.path.join(args.output_dir, "demo_results.json"), report, indent=1)
+    with atomic_write(os.path.join(args.output_dir, "demo_results.md"), "w") as f:
+        f.write(table + "\n")
     print("\nPanoptic quality (PQ/SQ/RQ, COCO panoptic API) and mIoU on dearli_shapes_val (24 images):\n")
     print(table)
     print(f"\nTotal time {total:.0f} s. Output in {args.output_dir}: demo_results.{{json,md}}, per-stage "

@@ -35,11 +35,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("DEARLI_CAMVID", os.path.join(os.path.dirname(REPO), "shared", "data", "camvid"))
 
 import torch  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
 
 import dearli  # noqa: E402,F401  (registers datasets, including camvid_* and dearli_shapes_*)
-from dearli.config import add_dearli_config  # noqa: E402
+from dearli.config import load_config  # noqa: E402
 from dearli.engine.trainer import DEARLiTrainer  # noqa: E402
+from dearli.utils.atomic_io import atomic_write, atomic_write_json  # noqa: E402
 
 CONFIG = os.path.join(REPO, "configs", "shapes", "tiny_dearli.yaml")
 DATASETS = {
@@ -85,9 +85,6 @@ def parse_args(argv=None):
 
 
 def stage_cfg(args, dataset, stage_dir, seed, iterations, **overrides):
-    cfg = get_cfg()
-    add_dearli_config(cfg)
-    cfg.merge_from_file(CONFIG)
     settings = dict(DATASETS[dataset])
     settings.update({
         "OUTPUT_DIR": stage_dir, "SEED": seed, "MODEL.DEVICE": args.device,
@@ -98,7 +95,7 @@ def stage_cfg(args, dataset, stage_dir, seed, iterations, **overrides):
         "DATALOADER.NUM_WORKERS": args.workers, "MODEL.TEACHER.EMA_DECAY": args.ema_decay,
     })
     settings.update(overrides)
-    cfg.merge_from_list([item for pair in settings.items() for item in pair])
+    cfg = load_config(CONFIG, [item for pair in settings.items() for item in pair])
     cfg.freeze()
     return cfg
 
@@ -115,7 +112,7 @@ def run_stage(cfg):
     trainer.train()
     result = {"metrics": trainer._last_eval_results, "seconds": time.perf_counter() - start,
               "iterations": cfg.SOLVER.MAX_ITER}
-    write_atomically(result_file, json.dumps(result, indent=1))
+    atomic_write_json(result_file, result, indent=1)
     return result
 
 
@@ -182,14 +179,6 @@ def markdown(summary, args):
     return "\n".join(lines)
 
 
-def write_atomically(path, text):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -207,9 +196,10 @@ def main(argv=None):
                 cfg = stage_cfg(args, dataset, os.path.join(root, method), seed, args.branch_iters, **branch, **overrides)
                 runs[dataset][method][seed] = scores(run_stage(cfg)["metrics"])
                 summary = summarize(runs)
-                write_atomically(os.path.join(args.output_dir, "summary.json"),
-                                 json.dumps({"settings": vars(args), "summary": summary}, indent=1))
-                write_atomically(os.path.join(args.output_dir, "summary.md"), markdown(summary, args))
+                atomic_write_json(os.path.join(args.output_dir, "summary.json"),
+                                  {"settings": vars(args), "summary": summary}, indent=1)
+                with atomic_write(os.path.join(args.output_dir, "summary.md"), "w") as f:
+                    f.write(markdown(summary, args))
                 logger.info("%s seed %d %s done", dataset, seed, method)
     print(markdown(summarize(runs), args))
 

@@ -11,30 +11,25 @@ EMA teacher stored in that training checkpoint.
 import logging
 import os
 
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 import dearli  # noqa: F401  (registers datasets and models)
-from dearli.config import add_dearli_config
+from dearli.config import load_config
 from dearli.engine.hooks import TeacherCheckpointable, build_teacher, read_teacher_state
 from dearli.engine.launch import launch
 from dearli.engine.state import TrainingCheckpointer
 from dearli.engine.trainer import DEARLiTrainer
-from dearli.modeling.checkpoint import atomic_write
+from dearli.utils.atomic_io import atomic_write
 
 logger = logging.getLogger("dearli.train_net")
 
 
-def load_config(args):
+def config_of(args):
     """The config of ``args`` (file + KEY VALUE overrides), frozen, without side effects."""
-    cfg = get_cfg()
-    add_dearli_config(cfg)
-    if args.config_file:
-        cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     return cfg
 
@@ -50,8 +45,8 @@ def setup(cfg, args) -> None:
     logger.info("Rank %d of %d; command line arguments: %s", rank, comm.get_world_size(), args)
     if comm.is_main_process() and cfg.OUTPUT_DIR:
         path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
-        with atomic_write(path) as f:
-            f.write(cfg.dump().encode())
+        with atomic_write(path, "w") as f:
+            f.write(cfg.dump())
         logger.info("Full config saved to %s", path)
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
 
@@ -71,7 +66,7 @@ def evaluate(cfg, args):
 
 
 def main(args):
-    cfg = load_config(args)
+    cfg = config_of(args)
     setup(cfg, args)
     if args.eval_only:
         return evaluate(cfg, args)
@@ -92,7 +87,7 @@ def parse_args(argv=None):
 
 def cli(argv=None):
     args = parse_args(argv)
-    device = load_config(args).MODEL.DEVICE
+    device = config_of(args).MODEL.DEVICE
     logger.info("Command line arguments: %s", args)
     return launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                   dist_url=args.dist_url, args=(args,), device=device)

@@ -13,7 +13,6 @@ The teacher exists in every run (also supervised-only ones, whose EMA teacher is
 comparison); pseudo-labels are made only with SSL.ENABLED.
 """
 import copy
-import json
 import logging
 import os
 import resource
@@ -28,6 +27,7 @@ from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from ..modeling.checkpoint import DEARLiCheckpointer
+from ..utils.atomic_io import atomic_write_json
 from .ema import ModelEMA, ema_decay, resolve_ema_ramp, unwrap_model
 from .pseudo_labels import build_pseudo_labeled_sample, label_from_prediction, pseudo_label_statistics
 from .visualization import draw_panoptic
@@ -199,12 +199,7 @@ class SemiSupervisedHook(HookBase):
         if self.ssl_enabled and comm.is_main_process() and self.output_dir:
             names = _class_names(self.metadata, self.num_classes)
             counts = {names[i]: int(c) for i, c in enumerate(self.class_counts.tolist())}
-            path = os.path.join(self.output_dir, "pseudo_label_class_counts.json")
-            os.makedirs(self.output_dir, exist_ok=True)
-            tmp = path + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(counts, f, indent=1)
-            os.replace(tmp, path)
+            atomic_write_json(os.path.join(self.output_dir, "pseudo_label_class_counts.json"), counts, indent=1)
 
 
 def _teacher_threshold(teacher_value: float, test_value: float) -> float:
