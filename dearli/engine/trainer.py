@@ -164,7 +164,6 @@ class DEARLiTrainer(DefaultTrainer):
         cfg = self.auto_scale_workers(cfg, comm.get_world_size())
         check_training_data(cfg)
         seed = seed_of(cfg)  # the data sampler's reading of SEED (SEED < 0 is a fixed seed too)
-        seed_model_init(seed)
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         model = create_ddp_model(model, broadcast_buffers=False)
@@ -223,6 +222,14 @@ class DEARLiTrainer(DefaultTrainer):
             results["teacher"] = self.test(self.cfg, self.ssl.teacher)
         self._last_eval_results = results
         return results
+
+    @classmethod
+    def build_model(cls, cfg):
+        """The model, built from seeded generators: a random CLIP (tiny test / demo configs) is
+        not stored in checkpoints, so every process and every later evaluation must build the
+        same one."""
+        seed_model_init(seed_of(cfg))
+        return super().build_model(cfg)
 
     @classmethod
     def build_optimizer(cls, cfg, model):

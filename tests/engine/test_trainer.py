@@ -166,19 +166,26 @@ def load_tool(name):
     return module
 
 
-def test_eval_only_teacher_and_exported_teacher_agree(tmp_path):
-    train(engine_cfg(tmp_path / "run", **{"SOLVER.MAX_ITER": 2, "MODEL.TEACHER.EMA_DECAY": 0.5}))
+def test_eval_only_and_exported_teacher_reproduce_training_time_evaluation(tmp_path):
+    trained = train(engine_cfg(tmp_path / "run", **{"SOLVER.MAX_ITER": 2, "MODEL.TEACHER.EMA_DECAY": 0.5,
+                                                    "DATASETS.TEST": ["dearli_shapes_val"]}))
+    at_training = trained._last_eval_results
     train_net, export = load_tool("train_net"), load_tool("export_teacher")
     checkpoint, exported = tmp_path / "run" / "model_final.pth", tmp_path / "teacher.pth"
     common = ["DATASETS.TEST", "('dearli_shapes_val',)", "SSL.ENABLED", "True", "OUTPUT_DIR", str(tmp_path / "eval")]
     args = train_net.parse_args(["--config-file", "configs/shapes/tiny_dearli.yaml", "--eval-only", "--eval-teacher",
                                  "MODEL.WEIGHTS", str(checkpoint)] + common)
     both = train_net.main(args)
+    # A fresh process rebuilds the same (random, unsaved) CLIP: evaluation is reproducible.
+    for who in (both, both["teacher"]):
+        reference = at_training if who is both else at_training["teacher"]
+        assert who["panoptic_seg"]["PQ"] == reference["panoptic_seg"]["PQ"]
+        assert who["sem_seg"]["mIoU"] == reference["sem_seg"]["mIoU"]
     assert export.main([str(checkpoint), str(exported)]) == 0
-    teacher, trained = torch.load(exported, weights_only=True)["model"], load_checkpoint(checkpoint)
-    assert teacher.keys() == trained["teacher"].keys()
-    assert all(torch.equal(v, trained["teacher"][k]) for k, v in teacher.items())
-    assert not all(torch.equal(v, trained["model"][k]) for k, v in teacher.items())  # not the student
+    teacher, saved = torch.load(exported, weights_only=True)["model"], load_checkpoint(checkpoint)
+    assert teacher.keys() == saved["teacher"].keys()
+    assert all(torch.equal(v, saved["teacher"][k]) for k, v in teacher.items())
+    assert not all(torch.equal(v, saved["model"][k]) for k, v in teacher.items())  # not the student
     args = train_net.parse_args(["--config-file", "configs/shapes/tiny_dearli.yaml", "--eval-only",
                                  "MODEL.WEIGHTS", str(exported)] + common)
     alone = train_net.main(args)
