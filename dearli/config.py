@@ -27,6 +27,7 @@ def add_dearli_config(cfg):
 
 
 def _add_backbone_config(cfg):
+    # The registered meta-architecture and backbone (META_ARCH_REGISTRY, BACKBONE_REGISTRY).
     cfg.MODEL.META_ARCHITECTURE = "DEARLi"
     cfg.MODEL.BACKBONE.NAME = "OpenCLIPBackbone"
     # CLIP input statistics (x255), RGB order; CLIP models expect RGB input.
@@ -53,9 +54,11 @@ def _add_backbone_config(cfg):
 
 
 def _add_head_config(cfg):
+    # The registered head (SEM_SEG_HEADS_REGISTRY): pixel decoder + transformer decoder + CLIP classifier.
     cfg.MODEL.SEM_SEG_HEAD.NAME = "CLIPClassificationHead"
     # Number of dataset classes (things + stuff, without void); must match the train metadata.
     cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 150
+    # Backbone features read by the pixel decoder; label value ignored in semantic targets.
     cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["res2", "res3", "res4", "res5"]
     cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = 255
     # Pixel decoder width, mask feature width, normalisation and output stride.
@@ -75,6 +78,8 @@ def _add_head_config(cfg):
     cfg.MODEL.MASK_FORMER = CN()
     # Transformer decoder: DEC_LAYERS prediction sets = 1 (initial queries) + DEC_LAYERS-1 layers.
     cfg.MODEL.MASK_FORMER.DEC_LAYERS = 10
+    # Queries, width, attention heads, FFN width, dropout, post-norm (PRE_NORM False), and whether
+    # to add 1x1 input projections even when the pixel-decoder width equals HIDDEN_DIM.
     cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES = 200
     cfg.MODEL.MASK_FORMER.HIDDEN_DIM = 256
     cfg.MODEL.MASK_FORMER.NHEADS = 8
@@ -103,6 +108,7 @@ def _add_head_config(cfg):
     cfg.MODEL.MASK_FORMER.IGNORE_PADDING = False
 
     cfg.MODEL.MASK_FORMER.TEST = CN()
+    # Which outputs evaluation produces: "panoptic_seg" (PQ) and "sem_seg" (mIoU).
     cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = True
     cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = True
     # Keep a query if not void and its score exceeds this (0.0 in every reference config).
@@ -146,15 +152,19 @@ def _add_input_config(cfg):
     cfg.INPUT.MIN_SIZE_TRAIN = tuple(range(320, 1281, 64))
     cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"
     cfg.INPUT.MAX_SIZE_TRAIN = 2560
+    # Test-time ResizeShortestEdge (ADE20K 640/2560, COCO 512/2048); no test-time augmentation.
     cfg.INPUT.MIN_SIZE_TEST = 640
     cfg.INPUT.MAX_SIZE_TEST = 2560
+    # Random crop of CROP.SIZE (absolute pixels) after the resize.
     cfg.INPUT.CROP.ENABLED = True
     cfg.INPUT.CROP.TYPE = "absolute"
     cfg.INPUT.CROP.SIZE = (640, 640)
     # SSD-style photometric augmentation on labeled images.
     cfg.INPUT.COLOR_AUG_SSD = True
-    # Pad crops to this fixed size (the reference pads with grey 128 to the crop size); -1 = no pad.
+    # Pad training crops (right/bottom, with PAD_VALUE) to a multiple of this; with the crop size as
+    # value this is the reference's fixed 640/512 canvas, and larger crops still work. -1 = no pad.
     cfg.INPUT.SIZE_DIVISIBILITY = 640
+    # Grey padding value of training crops (before normalisation), as in the reference.
     cfg.INPUT.PAD_VALUE = 128
 
     cfg.INPUT.UNLABELED = CN()
@@ -210,6 +220,7 @@ def _add_ssl_config(cfg):
 
 
 def _add_solver_config(cfg):
+    # AdamW, LR 1e-4, weight decay 0.05 except on normalisation layers (0).
     cfg.SOLVER.OPTIMIZER = "ADAMW"
     cfg.SOLVER.BASE_LR = 1e-4
     cfg.SOLVER.WEIGHT_DECAY = 0.05
@@ -222,6 +233,7 @@ def _add_solver_config(cfg):
     cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupPolyLR"
     cfg.SOLVER.POLY_LR_POWER = 0.9
     cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0
+    # No LR warm-up in the reference.
     cfg.SOLVER.WARMUP_ITERS = 0
     # Full-model gradient-norm clipping at 0.01 (implemented by dearli on unscaled gradients;
     # Detectron2 0.6 only clips per parameter).
@@ -257,7 +269,7 @@ def _add_sam_config(cfg):
 def _add_test_config(cfg):
     # Evaluate every EVAL_PERIOD iterations (0 = only at the end).
     cfg.TEST.EVAL_PERIOD = 20000
-    # Test-time augmentation is not implemented (as in the reference).
+    # Test-time augmentation is not implemented (as in the reference); True raises in evaluation.
     cfg.TEST.AUG.ENABLED = False
 
 

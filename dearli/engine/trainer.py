@@ -254,6 +254,8 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
     Semantic-only datasets are registered with all-stuff panoptic ground truth, so they get PQ
     with every class as stuff next to mIoU.
     """
+    if cfg.TEST.AUG.ENABLED:
+        raise NotImplementedError("TEST.AUG.ENABLED: test-time augmentation is not implemented (nor in the reference)")
     records = DatasetCatalog.get(dataset_name)  # some registrations fill their metadata on load
     metadata = MetadataCatalog.get(dataset_name)
     test_cfg = cfg.MODEL.MASK_FORMER.TEST

@@ -78,3 +78,11 @@ def test_interrupted_checkpoint_write_leaves_previous_state(tmp_path, monkeypatc
         trainer.checkpointer.save("model_0000002")
     assert sorted(os.listdir(tmp_path)) == before  # no partial file, no temp file
     assert (tmp_path / "last_checkpoint").read_text() == last
+
+
+def test_test_time_augmentation_is_refused_not_ignored(tmp_path):
+    from dearli.engine.trainer import build_evaluator
+
+    cfg = engine_cfg(tmp_path, TEST__AUG__ENABLED=True)
+    with pytest.raises(NotImplementedError, match="TEST.AUG.ENABLED"):
+        build_evaluator(cfg, "dearli_shapes_val")
