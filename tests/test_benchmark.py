@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from tests.helpers.tiny import CONFIG_DIR, tiny_cfg
-from tests.helpers.tools import load_tool
+from helpers.tiny import CONFIG_DIR, tiny_cfg
+from helpers.tools import load_tool
 
 TINY_DEARLI = str(CONFIG_DIR / "tiny_dearli.yaml")
 TINY_SUPERVISED = str(CONFIG_DIR / "tiny_supervised.yaml")

@@ -8,9 +8,9 @@ from detectron2.data.detection_utils import read_image
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
-from tests.helpers.tiny import CONFIG_DIR, tiny_cfg
-from tests.helpers.tools import load_tool
-from tests.helpers.tiny_weights import save_tiny_checkpoint
+from helpers.tiny import CONFIG_DIR, tiny_cfg
+from helpers.tools import load_tool
+from helpers.tiny_weights import save_tiny_checkpoint
 
 TINY_CONFIG = str(CONFIG_DIR / "tiny_dearli.yaml")
 demo = load_tool("demo")

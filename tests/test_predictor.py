@@ -6,8 +6,8 @@ from detectron2.data.detection_utils import read_image
 
 from dearli.engine.predictor import DEARLiPredictor, normalise_class_list
 from dearli.engine.trainer import DEARLiTrainer
-from tests.helpers.tiny import tiny_cfg
-from tests.helpers.tiny_weights import save_tiny_checkpoint
+from helpers.tiny import tiny_cfg
+from helpers.tiny_weights import save_tiny_checkpoint
 
 TINY_NUM_CLASSES = 9  # 5 shapes + 4 textures of dearli_shapes
 

@@ -244,7 +244,7 @@ def test_paper_backbone_matches_the_reference_manifest():
 def test_channels_last_changes_the_layout_not_the_features():
     from detectron2.modeling import build_model
 
-    from tests.helpers.tiny import tiny_cfg
+    from helpers.tiny import tiny_cfg
 
     torch.manual_seed(0)
     plain = build_model(tiny_cfg()).eval()

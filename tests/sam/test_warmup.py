@@ -22,7 +22,7 @@ from dearli.engine.trainer import DEARLiTrainer
 from dearli.sam.generator import GeneratorSettings, SamMaskGenerator
 from dearli.sam.pipeline import collect_images, generate_labels
 from dearli.sam.tiny import build_tiny_sam
-from tests.helpers.tiny import tiny_cfg
+from helpers.tiny import tiny_cfg
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
