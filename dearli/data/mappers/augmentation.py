@@ -162,6 +162,30 @@ def hwc_to_chw_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
+# ----------------------------------------------------------------------------- shared by the crop mappers
+def augment_image(image: np.ndarray, geometry: "GeometrySpec", color_aug_ssd: bool, rng):
+    """Resize/crop/flip ``image`` (HxWx3 uint8), then SSD colour distortion if asked (draws in that
+    order). Returns (augmented image, the TransformList to apply to its targets)."""
+    transforms = sample_geometry(image.shape[0], image.shape[1], geometry, rng)
+    image = transforms.apply_image(image)
+    if color_aug_ssd:
+        image = apply_ssd_color(image, sample_ssd_color(rng))
+    return image, transforms
+
+
+def padded_image_fields(image: np.ndarray, size_divisibility: int, pad_value: int, rng):
+    """The padding canvas of an augmented HxWx3 image and the sample fields every training mapper
+    emits for it: ``image`` (uint8 [3, H, W], padded), ``valid_mask``, ``sample_seed``."""
+    image_hw = image.shape[:2]
+    canvas_hw = padded_size(*image_hw, size_divisibility)
+    fields = {
+        "image": pad_bottom_right(hwc_to_chw_tensor(image), canvas_hw, pad_value),
+        "valid_mask": valid_mask(image_hw, canvas_hw),
+        "sample_seed": sample_seed_of(rng),
+    }
+    return canvas_hw, fields
+
+
 # ----------------------------------------------------------------------------- SSD colour (labeled)
 @dataclass(frozen=True)
 class SSDColorParams:

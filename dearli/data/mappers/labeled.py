@@ -15,18 +15,7 @@ import numpy as np
 from detectron2.config import configurable
 
 from ..registry import MAPPER_REGISTRY
-from .augmentation import (
-    GeometrySpec,
-    apply_ssd_color,
-    check_rgb_format,
-    hwc_to_chw_tensor,
-    pad_bottom_right,
-    padded_size,
-    sample_geometry,
-    sample_seed_of,
-    sample_ssd_color,
-    valid_mask,
-)
+from .augmentation import GeometrySpec, augment_image, check_rgb_format, padded_image_fields
 from .panoptic_targets import (
     padded_sem_seg,
     panoptic_ids,
@@ -95,25 +84,19 @@ class LabeledPanopticMapper:
         pan_rgb = read_panoptic_rgb(dataset_dict, image.shape)
         sem_seg = read_sem_seg(dataset_dict, self.num_classes, image.shape)
 
-        transforms = sample_geometry(image.shape[0], image.shape[1], self.geometry, rng)
-        image = transforms.apply_image(image)
-        if self.color_aug_ssd:
-            image = apply_ssd_color(image, sample_ssd_color(rng))
+        image, transforms = augment_image(image, self.geometry, self.color_aug_ssd, rng)
         pan_rgb = transforms.apply_segmentation(pan_rgb)
         if sem_seg is not None:
             sem_seg = transforms.apply_segmentation(sem_seg)
 
-        image_hw = image.shape[:2]
-        canvas_hw = padded_size(*image_hw, self.size_divisibility)
+        canvas_hw, image_fields = padded_image_fields(image, self.size_divisibility, self.pad_value, rng)
         sample = {
             "file_name": dataset_dict["file_name"],
             "image_id": dataset_dict["image_id"],
             "height": dataset_dict["height"],
             "width": dataset_dict["width"],
-            "image": pad_bottom_right(hwc_to_chw_tensor(image), canvas_hw, self.pad_value),
-            "valid_mask": valid_mask(image_hw, canvas_hw),
+            **image_fields,
             "instances": panoptic_instances(panoptic_ids(pan_rgb), dataset_dict["segments_info"], canvas_hw),
-            "sample_seed": sample_seed_of(rng),
         }
         if sem_seg is not None:
             sample["sem_seg"] = padded_sem_seg(sem_seg, canvas_hw)

@@ -33,17 +33,7 @@ from detectron2.structures import Instances
 
 from ..registry import MAPPER_REGISTRY
 from ..sam_format import SamLabelError, image_key, load_image_masks
-from .augmentation import (
-    GeometrySpec,
-    apply_ssd_color,
-    hwc_to_chw_tensor,
-    pad_bottom_right,
-    padded_size,
-    sample_geometry,
-    sample_seed_of,
-    sample_ssd_color,
-    valid_mask,
-)
+from .augmentation import GeometrySpec, augment_image, pad_bottom_right, padded_image_fields
 from .panoptic_targets import read_training_image
 
 logger = logging.getLogger(__name__)
@@ -168,23 +158,17 @@ class SamPseudoLabelMapper:
         if masks is None:
             masks = np.zeros((0, height, width), dtype=bool)
 
-        transforms = sample_geometry(height, width, self.geometry, rng)
-        image = transforms.apply_image(image)
-        if self.color_aug_ssd:
-            image = apply_ssd_color(image, sample_ssd_color(rng))
+        image, transforms = augment_image(image, self.geometry, self.color_aug_ssd, rng)
         masks = transform_masks(transforms, masks)
 
-        image_hw = image.shape[:2]
-        canvas_hw = padded_size(*image_hw, self.size_divisibility)
+        canvas_hw, image_fields = padded_image_fields(image, self.size_divisibility, self.pad_value, rng)
         return {
             "file_name": dataset_dict["file_name"],
             "image_id": dataset_dict["image_id"],
             "height": height,
             "width": width,
-            "image": pad_bottom_right(hwc_to_chw_tensor(image), canvas_hw, self.pad_value),
-            "valid_mask": valid_mask(image_hw, canvas_hw),
+            **image_fields,
             "instances": class_agnostic_instances(masks, canvas_hw, self.min_mask_area),
-            "sample_seed": sample_seed_of(rng),
         }
 
 
