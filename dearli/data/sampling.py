@@ -166,16 +166,25 @@ class TrainBatches(torchdata.IterableDataset):
             yield self.batch_at(iteration)
 
 
+def check_registered(cfg_key, names) -> None:
+    """Raise a KeyError naming ``cfg_key``, the unknown name and close registered names."""
+    registered = DatasetCatalog.list()
+    for name in (names,) if isinstance(names, str) else names:
+        if name not in registered:
+            close = difflib.get_close_matches(name, registered, n=5, cutoff=0.6)
+            raise KeyError(
+                f"{cfg_key} names {name!r}, which is not a registered dataset (close names: {close or 'none'}); "
+                "register it, or import the module that does (e.g. `import dearli`)"
+            )
+
+
 def dataset_dicts(cfg_key, names) -> List[dict]:
     """Concatenated dicts of the datasets ``names``; errors name the config key they came from."""
     if isinstance(names, str):
         names = (names,)
+    check_registered(cfg_key, names)
     dicts = []
     for name in names:
-        if name not in DatasetCatalog:
-            close = difflib.get_close_matches(name, DatasetCatalog.list(), n=3)
-            raise KeyError(f"{cfg_key} lists {name!r}, which is not a registered dataset (similar names: {close}; "
-                           "is the module that registers it imported?)")
         dicts.extend(DatasetCatalog.get(name))
     if not dicts:
         raise ValueError(f"{cfg_key}={tuple(names)} gives no images")

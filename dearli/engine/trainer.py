@@ -13,7 +13,6 @@ What differs from ``DefaultTrainer`` and why:
 * the checkpointer writes atomically and also holds the teacher and the RNG state; periodic
   evaluation covers student and teacher.
 """
-import difflib
 import functools
 import logging
 import time
@@ -29,7 +28,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import setup_logger
 
-from ..data.sampling import build_train_loader, seed_of
+from ..data.sampling import build_train_loader, check_registered, seed_of
 from ..evaluation import build_panoptic_evaluator
 from . import optim
 from .hooks import SemiSupervisedHook, TeacherCheckpointable
@@ -42,15 +41,8 @@ logger = logging.getLogger(__name__)
 
 def check_training_data(cfg) -> None:
     """Fail early, naming the key, on unregistered datasets or SSL without unlabeled data."""
-    registered = DatasetCatalog.list()
-    for key, names in (("DATASETS.TRAIN", cfg.DATASETS.TRAIN), ("DATASETS.TRAIN_UNLABELED", cfg.DATASETS.TRAIN_UNLABELED)):
-        for name in names:
-            if name not in registered:
-                close = difflib.get_close_matches(name, registered, n=5, cutoff=0.6)
-                raise KeyError(
-                    f"{key} names {name!r}, which is not a registered dataset (close names: {close or 'none'}); "
-                    "register it, or import the module that does (e.g. `import dearli`)"
-                )
+    check_registered("DATASETS.TRAIN", cfg.DATASETS.TRAIN)
+    check_registered("DATASETS.TRAIN_UNLABELED", cfg.DATASETS.TRAIN_UNLABELED)
     if cfg.SSL.ENABLED and not cfg.DATASETS.TRAIN_UNLABELED:
         raise ValueError(
             "SSL.ENABLED is True but DATASETS.TRAIN_UNLABELED is empty: semi-supervised training needs "

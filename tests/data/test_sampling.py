@@ -118,7 +118,7 @@ def test_cutmix_partner_is_another_unlabeled_image():
 def test_configuration_errors_name_the_key():
     with pytest.raises(ValueError, match="DATASETS.TRAIN_UNLABELED"):
         sampling.build_train_loader(make_cfg(**{"DATASETS.TRAIN_UNLABELED": ()}))
-    with pytest.raises(KeyError, match="DATASETS.TRAIN lists 'no_such_dataset'"):
+    with pytest.raises(KeyError, match="DATASETS.TRAIN names 'no_such_dataset'"):
         sampling.build_train_loader(make_cfg(**{"DATASETS.TRAIN": ("no_such_dataset",)}))
     with pytest.raises(ValueError, match="SOLVER.IMS_PER_BATCH=3"):
         sampling.build_train_loader(make_cfg(**{"SOLVER.IMS_PER_BATCH": 3}), rank=0, world_size=2)
