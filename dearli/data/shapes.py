@@ -31,6 +31,7 @@ from panopticapi.utils import id2rgb
 
 from .datasets.metadata import build_panoptic_metadata, register_dataset
 from .datasets.panoptic import load_panoptic_json
+from .datasets.prepare_utils import paint_segments, segment_records
 
 GENERATOR_VERSION = 1  # bump when the rendering changes: it is part of the cache folder name
 # (dataset category id, name, synonyms, OpenCV hue 0..179 of the colour family)
@@ -205,12 +206,6 @@ def split_dirname(split, num_images, image_hw, seed):
     return f"{split}_n{num_images}_{image_hw[0]}x{image_hw[1]}_seed{seed}_v{GENERATOR_VERSION}"
 
 
-def _segment_info(segment_id, category_id, ids):
-    ys, xs = np.nonzero(ids == segment_id)
-    bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
-    return {"id": segment_id, "category_id": category_id, "iscrowd": 0, "area": int(len(ys)), "bbox": bbox}
-
-
 def _write_image_files(out_dir, stem, image, ids, semantic):
     cv2.imwrite(str(out_dir / "images" / f"{stem}.jpg"), image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     cv2.imwrite(str(out_dir / "panoptic" / f"{stem}.png"), id2rgb(ids)[:, :, ::-1])
@@ -228,13 +223,12 @@ def _write_split(out_dir, split, num_images, image_hw, seed):
         rng = np.random.default_rng(np.random.SeedSequence([seed, SPLITS[split], index, GENERATOR_VERSION]))
         image, ids, segments = render_sample(rng, image_hw)
         image_id, stem = SPLITS[split] * 1_000_000 + index, f"{split}_{index:06d}"
-        semantic = np.full(image_hw, 255, dtype=np.uint8)
-        for segment_id, category_id in segments:
-            semantic[ids == segment_id] = to_contiguous[category_id]
+        category_of = dict(segments)
+        semantic = paint_segments(ids, {i: to_contiguous[c] for i, c in category_of.items()}, 255)
         _write_image_files(out_dir, stem, image, ids, semantic)
         images.append({"id": image_id, "file_name": f"{stem}.jpg", "height": image_hw[0], "width": image_hw[1]})
         annotations.append({"image_id": image_id, "file_name": f"{stem}.png",
-                            "segments_info": [_segment_info(s, c, ids) for s, c in segments]})
+                            "segments_info": segment_records(ids, category_of)})
     panoptic = {"images": images, "annotations": annotations, "categories": categories}
     (out_dir / "panoptic.json").write_text(json.dumps(panoptic, sort_keys=True))
 
