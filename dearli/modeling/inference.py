@@ -6,8 +6,9 @@ Used by the model at evaluation and by the teacher for pseudo-labels (method §1
 2. keep a query when label != void and score > ``object_threshold``;
 3. each pixel goes to argmax over kept queries of score * sigmoid(mask logit); the segment of a
    query is {pixels assigned to it with sigmoid >= 0.5};
-4. drop a segment when visible / full area < ``overlap_threshold`` (full area = sigmoid >= 0.5
-   anywhere), or when it is empty;
+4. drop a segment when owned / full area < ``overlap_threshold`` (owned = every pixel the query wins
+   by the argmax, also below sigmoid 0.5; full = sigmoid >= 0.5 anywhere), or when the full area or
+   the segment is empty;
 5. stuff segments of one class share an id, thing segments get one id each; ids are 1..n in the
    order of the first query of each segment; 0 = no segment.
 """
@@ -46,11 +47,12 @@ def panoptic_inference(
     mask_probs = mask_logits[keep].float().sigmoid()  # [K, H, W]
     owner = (scores[:, None, None] * mask_probs).argmax(0)  # [H, W] index into kept queries
     full = mask_probs >= 0.5
-    visible = full & (owner[None] == torch.arange(len(scores), device=owner.device)[:, None, None])
-    full_area, visible_area = full.sum((1, 2)), visible.sum((1, 2))
-    # Same float64 ratio as the reference, so segments exactly at the threshold behave the same.
-    visible_fraction = visible_area.double() / full_area.double().clamp(min=1)
-    survives = (visible_area > 0) & (visible_fraction >= overlap_threshold)
+    owned = owner[None] == torch.arange(len(scores), device=owner.device)[:, None, None]
+    full_area, owned_area, segment_area = full.sum((1, 2)), owned.sum((1, 2)), (owned & full).sum((1, 2))
+    # The reference's numerator is every owned pixel, also those below sigmoid 0.5; only the kept
+    # segment is the intersection. Same float64 ratio, so segments exactly at the threshold agree.
+    owned_fraction = owned_area.double() / full_area.double().clamp(min=1)
+    survives = (full_area > 0) & (segment_area > 0) & (owned_fraction >= overlap_threshold)
     if not survives.any():
         return pan_seg, []
 
