@@ -176,7 +176,8 @@ def _add_input_config(cfg):
     cfg.INPUT.UNLABELED.GRAYSCALE_PROB = 0.2
     cfg.INPUT.UNLABELED.BLUR_PROB = 0.5
     cfg.INPUT.UNLABELED.BLUR_SIGMA = (0.1, 2.0)
-    # CutMix: probability per unlabeled sample, box area fraction range, box aspect-ratio range.
+    # CutMix: probability per unlabeled sample, box area range (fractions of the partner crop), box
+    # aspect-ratio range as HEIGHT / WIDTH (the reference's; U(0.3, 1/0.3) makes ~3 in 4 boxes tall).
     cfg.INPUT.UNLABELED.CUTMIX_PROB = 0.5
     cfg.INPUT.UNLABELED.CUTMIX_AREA = (0.02, 0.4)
     cfg.INPUT.UNLABELED.CUTMIX_ASPECT = (0.3, 1.0 / 0.3)

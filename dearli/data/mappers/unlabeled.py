@@ -5,7 +5,7 @@ labeled images); the strong view is the *same* crop with ColorJitter (always app
 order as torchvision's), random grayscale and random Gaussian blur (INPUT.UNLABELED.*). With
 probability INPUT.UNLABELED.CUTMIX_PROB the sample also carries a CutMix partner — another unlabeled
 image, drawn by the loader, with its own weak and strong views — and a box inside the real pixels of
-both images. The student image is mixed later (by the engine, together with the teacher's
+the partner crop (it may reach over the main image's padding). The student image is mixed later (by the engine, together with the teacher's
 pseudo-labels), so the box is returned as a mask and no pixels are pasted here.
 
 Call convention: ``mapper(dataset_dict, rng, draw_partner=None)``. ``draw_partner(rng)`` returns the
@@ -57,7 +57,7 @@ class UnlabeledWeakStrongMapper:
             strong: photometric settings of the student view.
             cutmix_prob: probability that a sample gets a CutMix partner and box.
             cutmix_area: box area range, as fractions of the partner crop's real-pixel area.
-            cutmix_aspect: box width/height range.
+            cutmix_aspect: box height/width range.
             size_divisibility, pad_value: padding of every view (right/bottom).
         """
         for name, (low, high) in (("CUTMIX_AREA", cutmix_area), ("CUTMIX_ASPECT", cutmix_aspect)):
@@ -117,7 +117,7 @@ class UnlabeledWeakStrongMapper:
             "cutmix": None,
         }
         if partner is not None:
-            sample["cutmix"] = self._cutmix_entry(partner, weak.shape[-2:], canvas_hw, rng)
+            sample["cutmix"] = self._cutmix_entry(partner, canvas_hw, rng)
         return sample
 
     def _padded_views(self, weak, strong, canvas_hw):
@@ -127,14 +127,11 @@ class UnlabeledWeakStrongMapper:
             "valid_mask": valid_mask(weak.shape[-2:], canvas_hw),
         }
 
-    def _cutmix_entry(self, partner, main_hw, canvas_hw, rng):
+    def _cutmix_entry(self, partner, canvas_hw, rng):
         partner_dict, weak, strong = partner
-        partner_hw = weak.shape[-2:]
-        # The box must lie on real pixels of both images: the intersection of two top-left rectangles.
-        common_hw = (min(main_hw[0], partner_hw[0]), min(main_hw[1], partner_hw[1]))
-        box = sample_cutmix_box(
-            common_hw, partner_hw[0] * partner_hw[1], self.cutmix_area, self.cutmix_aspect, rng
-        )
+        # As in the reference the box lies anywhere in the partner crop, so it may cover the main
+        # image's padding: the student's valid area becomes main valid | box (engine/pseudo_labels).
+        box = sample_cutmix_box(tuple(weak.shape[-2:]), self.cutmix_area, self.cutmix_aspect, rng)
         return {
             "file_name": partner_dict["file_name"],
             **self._padded_views(weak, strong, canvas_hw),
