@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from detectron2.data import transforms as T
 from fvcore.transforms.transform import CropTransform, HFlipTransform, NoOpTransform
+from PIL import Image, ImageFilter
 from torchvision.transforms.v2 import functional as TF
 
 
@@ -224,22 +225,33 @@ def _affine_uint8(values: np.ndarray, alpha=1.0, beta=0.0) -> np.ndarray:
 
 
 def apply_ssd_color(image_rgb: np.ndarray, params: SSDColorParams) -> np.ndarray:
-    """SSD distortion of an RGB uint8 HWC image; saturation and hue work in OpenCV's HSV (H in 0..179)."""
+    """SSD distortion of an RGB uint8 HWC image, pixel for pixel detectron2's ``ColorAugSSDTransform``:
+    saturation and hue each make their own round trip through OpenCV's HSV (H in 0..179), so the
+    uint8 rounding in between is the reference's (one shared round trip differs by up to 3 levels)."""
     image = image_rgb
     if params.brightness_delta is not None:
         image = _affine_uint8(image, beta=params.brightness_delta)
     if params.contrast_first and params.contrast_alpha is not None:
         image = _affine_uint8(image, alpha=params.contrast_alpha)
-    if params.saturation_alpha is not None or params.hue_delta is not None:
-        hsv = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2HSV)
-        if params.saturation_alpha is not None:
-            hsv[:, :, 1] = _affine_uint8(hsv[:, :, 1], alpha=params.saturation_alpha)
-        if params.hue_delta is not None:
-            hsv[:, :, 0] = ((hsv[:, :, 0].astype(np.int32) + params.hue_delta) % 180).astype(np.uint8)
-        image = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    if params.saturation_alpha is not None:
+        image = _scale_saturation(image, params.saturation_alpha)
+    if params.hue_delta is not None:
+        image = _shift_hue(image, params.hue_delta)
     if not params.contrast_first and params.contrast_alpha is not None:
         image = _affine_uint8(image, alpha=params.contrast_alpha)
     return image
+
+
+def _scale_saturation(image_rgb: np.ndarray, alpha: float) -> np.ndarray:
+    hsv = cv2.cvtColor(np.ascontiguousarray(image_rgb), cv2.COLOR_RGB2HSV)
+    hsv[:, :, 1] = _affine_uint8(hsv[:, :, 1], alpha=alpha)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
+def _shift_hue(image_rgb: np.ndarray, delta: int) -> np.ndarray:
+    hsv = cv2.cvtColor(np.ascontiguousarray(image_rgb), cv2.COLOR_RGB2HSV)
+    hsv[:, :, 0] = ((hsv[:, :, 0].astype(np.int32) + delta) % 180).astype(np.uint8)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
 
 
 # ----------------------------------------------------------------------------- strong colour (unlabeled)
@@ -300,26 +312,24 @@ def sample_strong_color(spec: StrongColorSpec, rng) -> StrongColorParams:
 _JITTER_OPS = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
 
 
-def blur_kernel_size(sigma, height, width) -> int:
-    """Odd kernel covering +-3 sigma (PIL's GaussianBlur(radius=sigma) in the reference has no kernel
-    size), capped below the image size because the blur pads by reflection."""
-    size = 2 * math.ceil(3 * sigma) + 1
-    return int(min(size, 2 * min(height, width) - 1))
-
-
 def apply_strong_color(image: torch.Tensor, params: StrongColorParams) -> torch.Tensor:
-    """Strong photometric view of a uint8 [3, H, W] image."""
+    """Strong photometric view of a uint8 [3, H, W] image.
+
+    Applied to a PIL image, as the reference applies them: torchvision's ColorJitter ops then take
+    their PIL (ImageEnhance / PIL HSV) path and the blur is PIL's ``GaussianBlur(radius=sigma)``, so
+    the result equals the reference's pixel for pixel (the uint8-tensor path of the same ops differs
+    by up to 6 levels, its blur kernel by up to 11 at sigma 1).
+    """
+    pil = Image.fromarray(np.ascontiguousarray(image.permute(1, 2, 0).numpy()))
     factors = (params.brightness, params.contrast, params.saturation, params.hue)
     for op_index in params.order:
         if factors[op_index] is not None:
-            image = _JITTER_OPS[op_index](image, factors[op_index])
+            pil = _JITTER_OPS[op_index](pil, factors[op_index])
     if params.grayscale:
-        image = TF.rgb_to_grayscale(image, num_output_channels=3)
+        pil = TF.rgb_to_grayscale(pil, num_output_channels=3)
     if params.blur_sigma is not None:
-        kernel = blur_kernel_size(params.blur_sigma, *image.shape[-2:])
-        if kernel > 1:
-            image = TF.gaussian_blur(image, [kernel, kernel], [params.blur_sigma, params.blur_sigma])
-    return image
+        pil = pil.filter(ImageFilter.GaussianBlur(radius=params.blur_sigma))
+    return torch.from_numpy(np.array(pil)).permute(2, 0, 1).contiguous()
 
 
 # ----------------------------------------------------------------------------- CutMix box
