@@ -228,8 +228,9 @@ def _add_solver_config(cfg):
     cfg.SOLVER.WEIGHT_DECAY_NORM = 0.0
     # Weight decay of nn.Embedding weights (queries, level embeddings, void embedding).
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
-    # LR multiplier of backbone parameters (only matters when MODEL.OPEN_CLIP.FREEZE is False).
-    cfg.SOLVER.BACKBONE_MULTIPLIER = 1.0
+    # LR multiplier of backbone parameters (only matters when MODEL.OPEN_CLIP.FREEZE is False);
+    # 0.1 as in the reference's base configs.
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
     # Poly LR: lr = base * (1 - it/max_iter)^POWER, ending at CONSTANT_ENDING.
     cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupPolyLR"
     cfg.SOLVER.POLY_LR_POWER = 0.9

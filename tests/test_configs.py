@@ -56,6 +56,7 @@ def test_paper_matrix_settings(dataset, split, size):
         assert len(cfg.INPUT.MIN_SIZE_TRAIN) == 16 and cfg.INPUT.MIN_SIZE_TRAIN[0] == crop // 2
         assert cfg.INPUT.MIN_SIZE_TRAIN[-1] == 2 * crop
         assert (cfg.SOLVER.MAX_ITER, cfg.SOLVER.IMS_PER_BATCH, cfg.TEST.EVAL_PERIOD) == (80000, 8, 20000)
+        assert (cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.BACKBONE_MULTIPLIER) == (80000, 0.1)  # the reference's
         assert cfg.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD == 0.0
         assert cfg.MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD == 0.8
         assert cfg.MODEL.CLIP_HEAD.ENSEMBLE_ALPHA == 0.4 and cfg.SSL.ENABLED

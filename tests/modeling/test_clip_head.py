@@ -63,6 +63,35 @@ def test_void_probability_comes_from_the_in_vocabulary_branch():
     torch.testing.assert_close(probs.sum(-1), torch.ones(1, 1), atol=1e-6, rtol=0)
 
 
+def _reference_product_of_powers(z_in, z_out, alpha):
+    """The reference's order of operations: (p_in^(1-a) * p_out^a).log(), re-softmaxed."""
+    num_classes = z_in.shape[-1] - 1
+    p_in, p_out = z_in[..., :num_classes].softmax(-1), z_out[..., :num_classes].softmax(-1)
+    p_ens = (p_in ** (1 - alpha) * p_out ** alpha).log().softmax(-1)
+    p_void = z_in.softmax(-1)[..., -1:]
+    return torch.log(torch.cat([(1 - p_void) * p_ens, p_void], -1) + 1e-8)
+
+
+def test_log_space_ensemble_is_the_product_of_powers_without_its_fp32_underflow():
+    # Trained regime: both branches are cosines x 100 (clamped logit scale). Query 0: ordinary
+    # cosines. Query 1: the decoder is sure of class 0 (cosine gap 1.2 -> p_in of the others
+    # e^-120), CLIP of class 1 (gap 1.1 -> p_out of the others e^-110): below fp32's smallest
+    # number (e^-103), so every fp32 product p_in^0.6 p_out^0.4 is 0 and its log-softmax is NaN.
+    cos_in = torch.tensor([[[0.31, 0.22, 0.18, 0.0]], [[0.9, -0.3, -0.3, -0.5]]]).reshape(1, 2, 4)
+    cos_out = torch.tensor([[[0.25, 0.28, 0.20]], [[-0.6, 0.5, -0.6]]]).reshape(1, 2, 3)
+    z_in, z_out = 100 * cos_in, 100 * cos_out
+    product_fp32 = _reference_product_of_powers(z_in, z_out, 0.4)
+    product_fp64 = _reference_product_of_powers(z_in.double(), z_out.double(), 0.4).float()
+    log_space = geometric_ensemble(z_in, z_out, 0.4)
+    # Where fp32 represents the product, the two orders agree.
+    torch.testing.assert_close(product_fp32[0, 0], log_space[0, 0])
+    # Where it does not, the reference's order gives NaN; log space stays finite and equals the
+    # same formula evaluated without underflow (float64).
+    assert torch.isnan(product_fp32[0, 1, :3]).all()  # the class columns; void comes from z_in alone
+    assert torch.isfinite(log_space).all()
+    torch.testing.assert_close(log_space, product_fp64)
+
+
 def test_geometric_ensemble_rejects_bad_shapes_and_alpha():
     with pytest.raises(ValueError, match="do not match"):
         geometric_ensemble(torch.randn(1, 2, 5), torch.randn(1, 2, 3), 0.4)

@@ -46,7 +46,8 @@ def test_warmup_configs_carry_the_paper_settings(name, dataset):
     assert (cfg.SOLVER.MAX_ITER, cfg.SOLVER.IMS_PER_BATCH, tuple(cfg.INPUT.CROP.SIZE)) == (160000, 16, (640, 640))
     assert (cfg.SOLVER.OPTIMIZER, cfg.SOLVER.BASE_LR, cfg.SOLVER.LR_SCHEDULER_NAME) == ("ADAMW", 1e-4, "WarmupPolyLR")
     assert (cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE, cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE) == ("full_model", 0.01)
-    assert cfg.SOLVER.AMP.ENABLED and cfg.SOLVER.AMP.PRECISION == "bf16"
+    assert cfg.SOLVER.AMP.ENABLED and cfg.SOLVER.AMP.PRECISION == "fp16"  # AMPTrainer: fp16 + GradScaler
+    assert cfg.SOLVER.CHECKPOINT_PERIOD == 160000 and cfg.SOLVER.BACKBONE_MULTIPLIER == 0.1
     assert cfg.MODEL.WEIGHTS == "" and cfg.MODEL.TEACHER.WEIGHTS == ""
 
 
