@@ -10,8 +10,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
-from dataset_trees import restore_default_registrations  # noqa: F401 (autouse)
-from dataset_trees import build_coco_tree, read_json, write_json
+from helpers.dataset_trees import restore_default_registrations  # noqa: F401 (autouse)
+from helpers.dataset_trees import build_coco_tree, read_json, write_json
 from dearli.data.datasets import register_builtin_datasets, register_semantic_dataset
 from dearli.data.datasets.metadata import ADE20K_THING_IDS
 from dearli.data.datasets.panoptic import PanopticAnnotationError

@@ -14,8 +14,8 @@ from detectron2.data import DatasetCatalog
 from panopticapi.utils import rgb2id
 from PIL import Image
 
-from dataset_trees import restore_default_registrations  # noqa: F401 (autouse)
-from dataset_trees import (
+from helpers.dataset_trees import restore_default_registrations  # noqa: F401 (autouse)
+from helpers.dataset_trees import (
     REPO_ROOT, build_ade_tree, build_coco_tree, load_script, read_json, synthesize_ade_instances,
     write_json,
 )

@@ -7,8 +7,8 @@ import pytest
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 
-from dataset_trees import restore_default_registrations  # noqa: F401 (autouse)
-from dataset_trees import write_json
+from helpers.dataset_trees import restore_default_registrations  # noqa: F401 (autouse)
+from helpers.dataset_trees import write_json
 from dearli.config import add_dearli_config
 from dearli.data.datasets import (
     register_split_datasets, register_split_datasets_from_cfg, splits_root_from_cfg,

@@ -15,7 +15,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Instances
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
-from engine_setup import engine_cfg
+from helpers.engine_setup import engine_cfg
 
 from dearli.engine.launch import launch
 from dearli.engine.trainer import DEARLiTrainer

@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 from detectron2.utils.events import get_event_storage
-from engine_setup import engine_cfg, load_checkpoint, train
+from helpers.engine_setup import engine_cfg, load_checkpoint, train
 
 from dearli.engine.state import UnreadableCheckpointError
 from dearli.engine.trainer import DEARLiTrainer

@@ -3,7 +3,7 @@ whose query also wins pixels below sigmoid 0.5 is kept as a student target (test
 import torch
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
-from engine_setup import engine_cfg
+from helpers.engine_setup import engine_cfg
 from helpers import overlap_case as case
 
 from dearli.engine.hooks import SemiSupervisedHook

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 from detectron2.engine import HookBase
-from engine_setup import engine_cfg, load_checkpoint, train
+from helpers.engine_setup import engine_cfg, load_checkpoint, train
 
 K = 3
 

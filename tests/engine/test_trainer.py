@@ -3,7 +3,7 @@ import os
 
 import pytest
 import torch
-from engine_setup import engine_cfg, load_checkpoint, train
+from helpers.engine_setup import engine_cfg, load_checkpoint, train
 from helpers.tiny import tiny_cfg
 
 from dearli.engine.ema import ema_decay

@@ -16,8 +16,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOPanopticEvaluator, SemSegEvaluator
 from PIL import Image
 
-from dataset_trees import restore_default_registrations  # noqa: F401 (autouse)
-from dataset_trees import build_coco_tree, write_json
+from helpers.dataset_trees import restore_default_registrations  # noqa: F401 (autouse)
+from helpers.dataset_trees import build_coco_tree, write_json
 from dearli.data.datasets import register_builtin_datasets, register_semantic_dataset
 from dearli.data.datasets.metadata import build_panoptic_metadata, register_dataset
 from dearli.data.datasets.prepare_utils import save_panoptic_png
