@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dearli.data import shapes
+from dearli.data.datasets import shapes
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "visualize_data.py"
 SCALE = 2

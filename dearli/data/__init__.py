@@ -5,7 +5,7 @@ the synthetic ``dearli_shapes_*`` set, the SAM warm-up image sets; registration 
 mappers of ``MAPPER_REGISTRY``.
 """
 from . import datasets  # noqa: F401  (ADE20K / COCO / COCO-objects / CamVid registrations)
-from . import shapes  # noqa: F401  (dearli_shapes_* synthetic panoptic set)
+from .datasets import shapes  # noqa: F401  (dearli_shapes_* synthetic panoptic set)
 from . import mappers  # noqa: F401  (labeled_panoptic, unlabeled_weak_strong)
 from .mappers import sam_mapper  # noqa: F401  (sam_pseudo_label)
 from .datasets import sam_images  # noqa: F401  (ade20k_sam_train, coco_sam_train, oracle set)

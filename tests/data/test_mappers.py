@@ -9,7 +9,7 @@ from detectron2.data import DatasetCatalog
 from PIL import Image
 
 from dearli.config import add_dearli_config
-from dearli.data import shapes
+from dearli.data.datasets import shapes
 from dearli.data.datasets.validate import DatasetFileError
 from dearli.data.mappers import augmentation as aug
 from dearli.data.mappers import LabeledPanopticMapper, UnlabeledWeakStrongMapper

@@ -7,7 +7,8 @@ import torch
 from detectron2.config import get_cfg
 
 from dearli.config import add_dearli_config
-from dearli.data import sampling, shapes
+from dearli.data import sampling
+from dearli.data.datasets import shapes
 
 NUM_LABELED, NUM_UNLABELED = 8, 10
 

@@ -10,7 +10,7 @@ from detectron2.evaluation import COCOPanopticEvaluator, SemSegEvaluator
 from panopticapi.utils import rgb2id
 from PIL import Image
 
-from dearli.data import shapes
+from dearli.data.datasets import shapes
 
 IMAGE_HW = (48, 64)
 

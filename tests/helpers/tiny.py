@@ -9,7 +9,7 @@ the synthetic shapes datasets.
 from pathlib import Path
 
 from dearli.config import load_config
-from dearli.data import shapes  # noqa: F401  (registers dearli_shapes_*)
+from dearli.data.datasets import shapes  # noqa: F401  (registers dearli_shapes_*)
 from dearli.modeling import meta_arch  # noqa: F401  (registers DEARLi and its parts)
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "shapes"

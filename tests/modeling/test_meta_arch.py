@@ -8,7 +8,7 @@ from detectron2.evaluation import COCOPanopticEvaluator, SemSegEvaluator
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, ImageList, Instances
 
-from dearli.data import shapes
+from dearli.data.datasets import shapes
 from dearli.modeling.inference import panoptic_inference
 from helpers.tiny import tiny_cfg
 

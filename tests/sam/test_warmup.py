@@ -17,7 +17,7 @@ from dearli.data import sam_format as fmt
 from dearli.data.datasets.sam_images import register_oracle_dataset, register_sam_dataset
 from dearli.data.mappers import sam_mapper  # noqa: F401  (registers "sam_pseudo_label")
 from dearli.data.sam_oracle import ORACLE_SUBDIR
-from dearli.data.shapes import register_shapes
+from dearli.data.datasets.shapes import register_shapes
 from dearli.engine.trainer import DEARLiTrainer
 from dearli.sam.generator import GeneratorSettings, SamMaskGenerator
 from dearli.sam.pipeline import collect_images, generate_labels

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from detectron2.data import MetadataCatalog
 
-from dearli.data import shapes  # noqa: F401  (registers dearli_shapes_*, the oracle set's sources)
+from dearli.data.datasets import shapes  # noqa: F401  (registers dearli_shapes_*, the oracle set's sources)
 from dearli.data.datasets.builtin import get_datasets_root
 from dearli.data.datasets.metadata import build_panoptic_metadata, register_dataset
 from dearli.data.sam_format import finished_keys, image_key, settings_dirname

@@ -29,9 +29,9 @@ import cv2
 import numpy as np
 from panopticapi.utils import id2rgb
 
-from .datasets.metadata import build_panoptic_metadata, register_dataset
-from .datasets.panoptic import load_panoptic_json
-from .datasets.prepare_utils import paint_segments, segment_records
+from .metadata import build_panoptic_metadata, register_dataset
+from .panoptic import load_panoptic_json
+from .prepare_utils import paint_segments, segment_records
 
 GENERATOR_VERSION = 1  # bump when the rendering changes: it is part of the cache folder name
 # (dataset category id, name, synonyms, OpenCV hue 0..179 of the colour family)
