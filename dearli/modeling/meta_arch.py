@@ -24,10 +24,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import backbone as _backbone  # noqa: F401  (registers OpenCLIPBackbone)
-from . import clip_head
 from .criterion import SetCriterion, as_mask_tensor
 from .inference import panoptic_inference, semantic_inference
-from .text_classifier import TextClassifier, classifier_with_void
+from .text_classifier import TextClassifier, classifier_with_void, ensemble_class_scores
 
 TRAINING_SETS = ("labeled", "pseudo_labeled")
 
@@ -197,7 +196,7 @@ class DEARLi(nn.Module):
         features, outputs = self.predict_raw(images.tensor)
         class_scores = outputs["pred_logits"]
         if zero_shot:
-            class_scores = clip_head.ensemble_class_scores(
+            class_scores = ensemble_class_scores(
                 self.backbone, features, outputs, *self.classifier(), self.ensemble_alpha
             )
         return class_scores, outputs["pred_masks"]

@@ -1,11 +1,14 @@
-"""The text classifier: one CLIP text embedding per class-name synonym (method spec §1.4).
+"""CLIP classification, in one place (method spec §1.4-§1.5): class synonyms, the text classifier,
+logits against it with the max over synonyms, their checks, the zero-shot branch and the ensemble.
 
-Class synonyms come from the prompt files in ``dearli/data/prompts`` (``id:syn1,syn2,...``), mapped
+Class synonyms come from the prompt files (read by :mod:`dearli.data.class_prompts`), mapped
 to contiguous classes by *dataset category id* through the metadata's
 ``stuff_dataset_id_to_contiguous_id`` (never by line order). Each synonym is expanded with the prompt
 templates, encoded by the frozen CLIP text tower, L2-normalised, averaged over templates and
 normalised again: one row per synonym, plus the number of synonyms per class for the max-over-synonyms
-step of the classifier.
+step of the classifier. The decoder (in-vocabulary) and the zero-shot branch (out-of-vocabulary:
+mask-pooled dense CLIP features through the CLIP image head) both score embeddings with
+``text_classifier_logits``; ``geometric_ensemble`` combines the two distributions at inference.
 
 Encoding the ADE20K classifier (403 synonyms x 14 templates) takes minutes on a CPU, so results are
 cached in memory for the process (student and teacher share one copy) and on disk under
@@ -18,75 +21,31 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 
+from dearli.data.class_prompts import load_templates, read_prompt_file
 from dearli.utils.atomic_io import atomic_write
 
 logger = logging.getLogger(__name__)
 
-PROMPTS_DIR = Path(__file__).resolve().parents[1] / "data" / "prompts"
-PLACEHOLDER_NAME = "invalid_class_id"
-# Line ids of a prompt file are dataset category ids, except in the ADE20K file, whose ids are the raw
-# SceneParsing label values (dataset id + 1; line 0 is a placeholder), as in the reference loader.
-PROMPT_FILE_ID_OFFSET = {"ade20k_150": 1}
-SINGLE_TEMPLATE = "a photo of a {}."
 # The orthogonal class embedding must be identical in every run for checkpoints to stay meaningful.
 ORTHOGONAL_EMBEDDING_SEED = 0
+# Clamp of exp(theta_CLIP) in the zero-shot logits (the reference's value; ~100 for LAION weights).
+CLIP_LOGIT_SCALE_MAX = 100.0
+# Added inside log(p + eps) of the final distribution (reference value).
+LOG_EPS = 1e-8
+# Added to the mask area in mask pooling, so an empty mask pools to a zero vector.
+AREA_EPS = 1e-8
 
 _MEMORY_CACHE = {}  # cache key digest -> (rows [K,D] float32 CPU, num_synonyms list[int])
 
 
-# ---- prompt files -------------------------------------------------------------------------------
-
-def prompt_file_path(name):
-    """Path of a prompt file given its name in dearli/data/prompts (``ade20k_150``) or a path."""
-    path = Path(name)
-    if path.suffix != ".txt":
-        path = PROMPTS_DIR / f"{name}.txt"
-    if not path.is_file():
-        available = sorted(p.stem for p in PROMPTS_DIR.glob("*.txt"))
-        raise FileNotFoundError(f"prompt file {str(path)!r} not found; shipped files: {available}")
-    return path
-
-
-def read_prompt_file(name):
-    """Parse a synonym file into {dataset category id: [synonyms]} (placeholder lines skipped)."""
-    path = prompt_file_path(name)
-    offset = PROMPT_FILE_ID_OFFSET.get(path.stem, 0)
-    synonyms_by_id = {}
-    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        parts = line.split(":")
-        if len(parts) != 2 or not parts[0].strip().isdigit() or not parts[1]:
-            raise ValueError(f"{path}:{line_number}: expected 'id:syn1,syn2,...', got {line!r}")
-        line_id, names = int(parts[0]), parts[1]
-        if names == PLACEHOLDER_NAME:
-            continue
-        synonyms = names.split(",")
-        if any(not s for s in synonyms):
-            raise ValueError(f"{path}:{line_number}: empty synonym in {line!r}")
-        if line_id - offset in synonyms_by_id:
-            raise ValueError(f"{path}:{line_number}: id {line_id} appears twice")
-        synonyms_by_id[line_id - offset] = synonyms
-    return synonyms_by_id
-
-
-def load_templates(name):
-    """Prompt templates by MODEL.CLIP_HEAD.PROMPT_TEMPLATES: "vild" (14 templates) or "single"."""
-    if name == "vild":
-        templates = (PROMPTS_DIR / "vild_templates.txt").read_text(encoding="utf-8").splitlines()
-    elif name == "single":
-        templates = [SINGLE_TEMPLATE]
-    else:
-        raise ValueError(f"MODEL.CLIP_HEAD.PROMPT_TEMPLATES={name!r}; expected 'vild' or 'single'")
-    for template in templates:
-        if template.count("{}") != 1:
-            raise ValueError(f"prompt template {template!r} must contain exactly one '{{}}'")
-    return templates
-
+# ---- class synonyms -----------------------------------------------------------------------------
 
 def class_synonyms_for_dataset(metadata, prompt_file=""):
     """Synonyms per contiguous class id of a dataset.
@@ -177,6 +136,126 @@ def classifier_with_void(text_rows, void_weight):
                          f"got {tuple(void_weight.shape)}")
     void_row = F.normalize(void_weight, dim=-1).to(text_rows.dtype)
     return torch.cat([text_rows, void_row], dim=0)
+
+
+# ---- logits: cosine to the classifier rows, max over each class's synonyms ----------------------
+
+def synonym_class_index(num_synonyms: Sequence[int], device) -> torch.Tensor:
+    """Class id of every synonym row of a text classifier: [sum(num_synonyms)] int64."""
+    if len(num_synonyms) == 0 or min(num_synonyms) < 1:
+        raise ValueError(f"num_synonyms must list at least one synonym per class, got {list(num_synonyms)}")
+    counts = torch.as_tensor(list(num_synonyms), dtype=torch.long, device=device)
+    classes = torch.arange(len(num_synonyms), device=device)
+    return torch.repeat_interleave(classes, counts, output_size=int(sum(num_synonyms)))
+
+
+def max_over_synonyms(row_logits: torch.Tensor, class_of_row: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """[..., K + 1] logits per text row (last = void) -> [..., C + 1] logits per class: the max over
+    each class's synonym rows (a vectorised segment max), void passed through as the last column."""
+    synonym_logits = row_logits[..., :-1]
+    per_class = synonym_logits.new_full((*synonym_logits.shape[:-1], num_classes), float("-inf"))
+    per_class = per_class.scatter_reduce(
+        -1, class_of_row.expand_as(synonym_logits), synonym_logits, reduce="amax", include_self=False
+    )
+    return torch.cat([per_class, row_logits[..., -1:]], dim=-1)
+
+
+def text_classifier_logits(
+    embeddings: torch.Tensor,
+    text_classifier: torch.Tensor,
+    num_synonyms: Sequence[int],
+    log_logit_scale: torch.Tensor,
+    max_logit_scale: float,
+    class_of_row: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Scaled cosine-similarity class logits against a synonym text classifier.
+
+    Args:
+        embeddings: [..., D] (any norm; L2-normalised here).
+        text_classifier: [K + 1, D] L2-normalised rows: the synonyms of class 0, then of class 1, ...,
+            and the void embedding last.
+        num_synonyms: synonym rows per class (sums to K).
+        log_logit_scale: scalar theta; the scale is min(exp(theta), max_logit_scale).
+        class_of_row: optional precomputed ``synonym_class_index(num_synonyms)``.
+
+    Returns:
+        [..., C + 1] logits, void last.
+    """
+    check_text_classifier(text_classifier, num_synonyms, embeddings.shape[-1])
+    if class_of_row is None:
+        class_of_row = synonym_class_index(num_synonyms, embeddings.device)
+    scale = torch.clamp(log_logit_scale.exp(), max=max_logit_scale)
+    cosine = F.normalize(embeddings, dim=-1) @ text_classifier.t()
+    return max_over_synonyms(scale * cosine, class_of_row, len(num_synonyms))
+
+
+def check_text_classifier(text_classifier: torch.Tensor, num_synonyms: Sequence[int], embed_dim: int):
+    expected = (int(sum(num_synonyms)) + 1, embed_dim)
+    if text_classifier.dim() != 2 or tuple(text_classifier.shape) != expected:
+        raise ValueError(
+            f"text_classifier has shape {list(text_classifier.shape)}; expected {list(expected)} = "
+            f"(sum(num_synonyms) + 1 void row, MODEL.CLIP_HEAD.EMBED_DIM) for {len(num_synonyms)} classes"
+        )
+
+
+# ---- the zero-shot branch and the in/out-of-vocabulary ensemble (spec §1.5) ---------------------
+
+def mask_pool(dense: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
+    """Average of ``dense`` [B,C,h,w] inside each binarised mask: [B,Q,H,W] logits are bilinearly
+    resized to h x w and thresholded at 0 (no gradient through the masks). Float32 even under
+    autocast (the sums run over whole feature maps). An empty mask pools to zeros. -> [B,Q,C]."""
+    with torch.autocast(device_type=dense.device.type, enabled=False):
+        dense = dense.float()
+        resized = F.interpolate(mask_logits.detach().float(), size=dense.shape[-2:],
+                                mode="bilinear", align_corners=False)
+        inside = (resized > 0).float()
+        area = inside.sum(dim=(-2, -1)).unsqueeze(-1)
+        return torch.einsum("bqhw,bchw->bqc", inside, dense) / (area + AREA_EPS)
+
+
+def zero_shot_logits(backbone, clip_dense: torch.Tensor, mask_logits: torch.Tensor,
+                     text_classifier: torch.Tensor, num_synonyms: Sequence[int]) -> torch.Tensor:
+    """Out-of-vocabulary logits [B,Q,C+1] (void last): mask-pooled dense CLIP features through the
+    CLIP image head, cosine against ``text_classifier`` [K+1,D] scaled by min(exp(theta_CLIP), 100),
+    max over each class's synonyms (as the decoder's in-vocabulary logits)."""
+    pooled = mask_pool(clip_dense, mask_logits)
+    with torch.autocast(device_type=pooled.device.type, enabled=False):
+        embeddings = backbone.visual_prediction_forward(pooled).float()
+        return text_classifier_logits(embeddings, text_classifier.float(), num_synonyms,
+                                      backbone.clip_logit_scale.float(), CLIP_LOGIT_SCALE_MAX)
+
+
+def geometric_ensemble(logits_in: torch.Tensor, logits_out: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Final per-query class log-probabilities [B,Q,C+1] (void last), spec §1.5 steps 5-7.
+
+    p_in = softmax_C(z_in[:C]), p_out = softmax_C(z_out[:C]) (the void column of ``logits_out``, if
+    any, is dropped), p_ens proportional to p_in^(1-alpha) * p_out^alpha, p_void =
+    softmax_{C+1}(z_in)[void]; returns log([(1 - p_void) * p_ens, p_void] + 1e-8).
+    """
+    num_classes = logits_in.shape[-1] - 1
+    if logits_out.shape[-1] not in (num_classes, num_classes + 1) or \
+            logits_out.shape[:-1] != logits_in.shape[:-1]:
+        raise ValueError(f"geometric_ensemble: logits_in {tuple(logits_in.shape)} (C+1 columns) and "
+                         f"logits_out {tuple(logits_out.shape)} (C or C+1 columns) do not match")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"MODEL.CLIP_HEAD.ENSEMBLE_ALPHA must lie in [0, 1], got {alpha}")
+    logits_in, logits_out = logits_in.float(), logits_out.float()
+    # Weighted sum of log-probabilities = log of the geometric mean; softmax renormalises it.
+    log_p_in = logits_in[..., :num_classes].log_softmax(dim=-1)
+    log_p_out = logits_out[..., :num_classes].log_softmax(dim=-1)
+    p_ens = ((1.0 - alpha) * log_p_in + alpha * log_p_out).softmax(dim=-1)
+    p_void = logits_in.softmax(dim=-1)[..., -1:]
+    return torch.log(torch.cat([(1.0 - p_void) * p_ens, p_void], dim=-1) + LOG_EPS)
+
+
+def ensemble_class_scores(backbone, features: Dict[str, torch.Tensor], outputs: Dict[str, torch.Tensor],
+                          text_classifier: torch.Tensor, num_synonyms: Sequence[int],
+                          alpha: float) -> torch.Tensor:
+    """The decoder's final class logits ensembled with the zero-shot branch: log-probabilities
+    [B,Q,C+1] from the backbone features ("clip_vis_dense") and head outputs of one forward."""
+    out_logits = zero_shot_logits(backbone, features["clip_vis_dense"], outputs["pred_masks"],
+                                  text_classifier, num_synonyms)
+    return geometric_ensemble(outputs["pred_logits"], out_logits, alpha)
 
 
 # ---- caches -------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .position_encoding import PositionEmbeddingSine
+from .text_classifier import check_text_classifier, synonym_class_index, text_classifier_logits
 
 
 class FusedMultiheadAttention(nn.Module):
@@ -135,64 +136,6 @@ class MLP(nn.Module):
             if index < len(self.layers) - 1:
                 x = F.relu(x)
         return x
-
-
-def synonym_class_index(num_synonyms: Sequence[int], device) -> torch.Tensor:
-    """Class id of every synonym row of a text classifier: [sum(num_synonyms)] int64."""
-    if len(num_synonyms) == 0 or min(num_synonyms) < 1:
-        raise ValueError(f"num_synonyms must list at least one synonym per class, got {list(num_synonyms)}")
-    counts = torch.as_tensor(list(num_synonyms), dtype=torch.long, device=device)
-    classes = torch.arange(len(num_synonyms), device=device)
-    return torch.repeat_interleave(classes, counts, output_size=int(sum(num_synonyms)))
-
-
-def max_over_synonyms(row_logits: torch.Tensor, class_of_row: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """[..., K + 1] logits per text row (last = void) -> [..., C + 1] logits per class: the max over
-    each class's synonym rows (a vectorised segment max), void passed through as the last column."""
-    synonym_logits = row_logits[..., :-1]
-    per_class = synonym_logits.new_full((*synonym_logits.shape[:-1], num_classes), float("-inf"))
-    per_class = per_class.scatter_reduce(
-        -1, class_of_row.expand_as(synonym_logits), synonym_logits, reduce="amax", include_self=False
-    )
-    return torch.cat([per_class, row_logits[..., -1:]], dim=-1)
-
-
-def text_classifier_logits(
-    embeddings: torch.Tensor,
-    text_classifier: torch.Tensor,
-    num_synonyms: Sequence[int],
-    log_logit_scale: torch.Tensor,
-    max_logit_scale: float,
-    class_of_row: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
-    """Scaled cosine-similarity class logits against a synonym text classifier.
-
-    Args:
-        embeddings: [..., D] (any norm; L2-normalised here).
-        text_classifier: [K + 1, D] L2-normalised rows: the synonyms of class 0, then of class 1, ...,
-            and the void embedding last.
-        num_synonyms: synonym rows per class (sums to K).
-        log_logit_scale: scalar theta; the scale is min(exp(theta), max_logit_scale).
-        class_of_row: optional precomputed ``synonym_class_index(num_synonyms)``.
-
-    Returns:
-        [..., C + 1] logits, void last.
-    """
-    check_text_classifier(text_classifier, num_synonyms, embeddings.shape[-1])
-    if class_of_row is None:
-        class_of_row = synonym_class_index(num_synonyms, embeddings.device)
-    scale = torch.clamp(log_logit_scale.exp(), max=max_logit_scale)
-    cosine = F.normalize(embeddings, dim=-1) @ text_classifier.t()
-    return max_over_synonyms(scale * cosine, class_of_row, len(num_synonyms))
-
-
-def check_text_classifier(text_classifier: torch.Tensor, num_synonyms: Sequence[int], embed_dim: int):
-    expected = (int(sum(num_synonyms)) + 1, embed_dim)
-    if text_classifier.dim() != 2 or tuple(text_classifier.shape) != expected:
-        raise ValueError(
-            f"text_classifier has shape {list(text_classifier.shape)}; expected {list(expected)} = "
-            f"(sum(num_synonyms) + 1 void row, MODEL.CLIP_HEAD.EMBED_DIM) for {len(num_synonyms)} classes"
-        )
 
 
 def attention_block_mask(mask_logits: torch.Tensor, size) -> torch.Tensor:

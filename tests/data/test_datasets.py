@@ -21,7 +21,7 @@ from dearli.data.datasets.semantic import (
 from dearli.data.datasets.validate import (
     DatasetFileError, read_panoptic_ids, read_rgb_image, read_sem_seg,
 )
-from dearli.modeling.text_classifier import read_prompt_file
+from dearli.data.class_prompts import read_prompt_file
 
 # name prefix -> (number of classes, number of things, prompt file, evaluator type)
 EXPECTED = {

@@ -7,14 +7,14 @@ import torch.nn.functional as F
 from detectron2.modeling import build_sem_seg_head
 
 from dearli.modeling.backbone import OpenCLIPBackbone
-from dearli.modeling.clip_head import (
-    CLIPClassificationHead,
+from dearli.modeling.clip_head import CLIPClassificationHead
+from dearli.modeling.text_classifier import (
+    classifier_with_void,
     ensemble_class_scores,
     geometric_ensemble,
     mask_pool,
     zero_shot_logits,
 )
-from dearli.modeling.text_classifier import classifier_with_void
 from helpers.tiny import tiny_cfg
 
 

@@ -1,28 +1,15 @@
-"""Text classifier: prompt files, class mapping by dataset id, encoding, caches, orthogonal embedding."""
-import hashlib
+"""Text classifier: class mapping by dataset id, encoding, caches, orthogonal embedding."""
 import uuid
-from collections import Counter
 
 import pytest
 import torch
 import torch.nn.functional as F
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
-from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 
 from dearli.config import add_dearli_config
 from dearli.modeling import text_classifier as tc
 from dearli.modeling.backbone import OpenCLIPBackbone
-from dearli.modeling.transformer_decoder import text_classifier_logits
-
-VILD_TEMPLATES = [  # method spec §1.4
-    "a photo of a {}.", "This is a photo of a {}", "There is a {} in the scene",
-    "There is the {} in the scene", "a photo of a {} in the scene", "a photo of a small {}.",
-    "a photo of a medium {}.", "a photo of a large {}.", "This is a photo of a small {}.",
-    "This is a photo of a medium {}.", "This is a photo of a large {}.",
-    "There is a small {} in the scene.", "There is a medium {} in the scene.",
-    "There is a large {} in the scene.",
-]
 
 
 @pytest.fixture(scope="module")
@@ -53,51 +40,6 @@ def count_encodings(monkeypatch):
 
     monkeypatch.setattr(tc, "encode_class_synonyms", counting)
     return calls
-
-
-# ---- prompt files -------------------------------------------------------------------------------
-
-def test_ade20k_file_is_byte_exact_to_the_reference():
-    data = (tc.PROMPTS_DIR / "ade20k_150.txt").read_bytes()
-    assert len(data) == 4011 and not data.endswith(b"\n")
-    assert hashlib.sha256(data).hexdigest() == "3204c154e2c524ce2575f873838893fc25d68c5c4f7973f2d4ee76d7e24bb781"
-
-
-def test_ade20k_synonyms_by_dataset_id():
-    synonyms = tc.read_prompt_file("ade20k_150")
-    assert sorted(synonyms) == list(range(150))  # line k is dataset id k - 1; line 0 skipped
-    histogram = Counter(len(names) for names in synonyms.values())
-    assert histogram == {1: 34, 2: 60, 3: 20, 4: 16, 5: 11, 6: 5, 8: 1, 10: 2, 12: 1}
-    assert sum(len(names) for names in synonyms.values()) == 403
-    assert synonyms[0][0] == "wall" and synonyms[149] == ["flag", "flags"]
-    assert synonyms[71].count("kitchen range") == 2  # the reference keeps this duplicate
-
-
-def test_coco_files_cover_the_coco_category_ids():
-    panoptic = tc.read_prompt_file("coco_panoptic")
-    assert sorted(panoptic) == sorted(c["id"] for c in COCO_CATEGORIES)  # 133, from detectron2
-    objects = tc.read_prompt_file("coco_objects")
-    assert sorted(objects) == [0] + sorted(c["id"] for c in COCO_CATEGORIES if c["isthing"])
-    assert objects[0] == ["background"]
-    assert all(objects[i] == panoptic[i] for i in objects if i)  # things share FC-CLIP's synonyms
-    assert panoptic[1][:3] == ["person", "child", "girl"] and panoptic[200] == ["rug"]
-
-
-def test_sa1b_file_and_templates():
-    assert tc.read_prompt_file("sa1b") == {0: ["segment", "object", "regular shape"]}
-    assert tc.load_templates("vild") == VILD_TEMPLATES
-    assert tc.load_templates("single") == ["a photo of a {}."]
-    with pytest.raises(ValueError, match="PROMPT_TEMPLATES='ensemble'"):
-        tc.load_templates("ensemble")
-
-
-def test_malformed_prompt_line_names_file_and_line(tmp_path):
-    path = tmp_path / "bad.txt"
-    path.write_text("0:cat\n1 dog\n")
-    with pytest.raises(ValueError, match=r"bad\.txt:2"):
-        tc.read_prompt_file(str(path))
-    with pytest.raises(FileNotFoundError, match="ade20k_151"):
-        tc.read_prompt_file("ade20k_151")
 
 
 # ---- classes of a dataset -----------------------------------------------------------------------
@@ -149,7 +91,7 @@ def test_class_logit_is_the_max_over_its_synonyms(backbone):
     rows, num_synonyms = tc.encode_class_synonyms(backbone, [["cat", "kitty"], ["dog"]], ["{}"], 8)
     classifier = tc.classifier_with_void(rows, torch.randn(1, 64))
     query = rows[1]  # exactly the second synonym of class 0
-    logits = text_classifier_logits(query[None], classifier, num_synonyms, torch.tensor(0.0), 100.0)
+    logits = tc.text_classifier_logits(query[None], classifier, num_synonyms, torch.tensor(0.0), 100.0)
     cosines = query @ classifier.T
     assert logits.shape == (1, 3)
     torch.testing.assert_close(logits[0], torch.stack([cosines[:2].max(), cosines[2], cosines[3]]))

@@ -12,14 +12,12 @@ from torch.nn import functional as F
 
 from dearli.config import add_dearli_config
 from dearli.modeling.pixel_decoder.pixel_decoder import MSDeformAttnPixelDecoder
+from dearli.modeling.text_classifier import max_over_synonyms, synonym_class_index, text_classifier_logits
 from dearli.modeling.transformer_decoder import (
     FFNLayer,
     FusedMultiheadAttention,
     MaskedAttentionDecoder,
     attention_block_mask,
-    max_over_synonyms,
-    synonym_class_index,
-    text_classifier_logits,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
