@@ -178,6 +178,17 @@ def check_registered(cfg_key, names) -> None:
             )
 
 
+def check_unlabeled_data(cfg) -> None:
+    """SSL.ENABLED needs unlabeled images: DATASETS.TRAIN_UNLABELED and DATALOADER.UNLABELED_RATIO > 0."""
+    if cfg.SSL.ENABLED and not cfg.DATASETS.TRAIN_UNLABELED:
+        raise ValueError(
+            "SSL.ENABLED is True but DATASETS.TRAIN_UNLABELED is empty: semi-supervised training needs "
+            "unlabeled data (or set SSL.ENABLED False for the supervised-only baseline)"
+        )
+    if cfg.SSL.ENABLED and cfg.DATALOADER.UNLABELED_RATIO <= 0:
+        raise ValueError(f"SSL.ENABLED needs DATALOADER.UNLABELED_RATIO > 0, got {cfg.DATALOADER.UNLABELED_RATIO}")
+
+
 def dataset_dicts(cfg_key, names) -> List[dict]:
     """Concatenated dicts of the datasets ``names``; errors name the config key they came from."""
     if isinstance(names, str):
@@ -198,9 +209,8 @@ def build_train_batches(cfg, start_iter=0, *, rank=None, world_size=None) -> Tra
     layout = BatchLayout.from_config(cfg, rank, world_size)
     labeled = DatasetFromList(dataset_dicts("DATASETS.TRAIN", cfg.DATASETS.TRAIN), copy=True)
     unlabeled, unlabeled_mapper = None, None
+    check_unlabeled_data(cfg)
     if cfg.SSL.ENABLED:
-        if not cfg.DATASETS.TRAIN_UNLABELED:
-            raise ValueError("SSL.ENABLED is True but DATASETS.TRAIN_UNLABELED is empty; list the unlabeled datasets")
         unlabeled = DatasetFromList(dataset_dicts("DATASETS.TRAIN_UNLABELED", cfg.DATASETS.TRAIN_UNLABELED), copy=True)
         unlabeled_mapper = MAPPER_REGISTRY.get("unlabeled_weak_strong")(cfg, True)
     logger.info(

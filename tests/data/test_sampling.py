@@ -123,3 +123,12 @@ def test_configuration_errors_name_the_key():
         sampling.build_train_loader(make_cfg(**{"DATASETS.TRAIN": ("no_such_dataset",)}))
     with pytest.raises(ValueError, match="SOLVER.IMS_PER_BATCH=3"):
         sampling.build_train_loader(make_cfg(**{"SOLVER.IMS_PER_BATCH": 3}), rank=0, world_size=2)
+
+
+def test_ssl_loader_refuses_missing_unlabeled_data_naming_the_key():
+    with pytest.raises(ValueError, match="SSL.ENABLED is True but DATASETS.TRAIN_UNLABELED is empty"):
+        sampling.build_train_batches(make_cfg(**{"DATASETS.TRAIN_UNLABELED": ()}))
+    with pytest.raises(ValueError, match=r"SSL.ENABLED needs DATALOADER.UNLABELED_RATIO > 0, got 0.0"):
+        sampling.build_train_batches(make_cfg(**{"DATALOADER.UNLABELED_RATIO": 0.0}))
+    supervised = sampling.build_train_batches(make_cfg(**{"SSL.ENABLED": False, "DATASETS.TRAIN_UNLABELED": ()}))
+    assert supervised.batch_at(0)["unlabeled"] == []
