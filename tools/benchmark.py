@@ -35,16 +35,15 @@ from detectron2.data import DatasetCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import HookBase, hooks
 from detectron2.modeling import build_model
-from detectron2.utils.events import EventStorage
 from tabulate import tabulate
 
 import dearli  # noqa: F401
 from dearli.config import load_config
-from dearli.data import datasets, shapes  # noqa: F401  (registers the dataset names)
 from dearli.data.sampling import build_train_loader
-from dearli.engine.hooks import SemiSupervisedHook, peak_memory_mb
+from dearli.engine.hooks import PseudoLabelTelemetry, peak_memory_mb
 from dearli.engine.precision import build_precision
 from dearli.engine.predictor import DEARLiPredictor
+from dearli.engine.teacher import MeanTeacher
 from dearli.engine.trainer import DEARLiTrainer
 from dearli.modeling.checkpoint import DEARLiCheckpointer
 from dearli.utils.atomic_io import atomic_write
@@ -149,7 +148,7 @@ class _BenchmarkTrainer(DEARLiTrainer):
         super().__init__(cfg)
 
     def build_hooks(self):
-        return [self.ssl, hooks.LRScheduler(), self.recorder]
+        return [PseudoLabelTelemetry(self.cfg, self.teacher), hooks.LRScheduler(), self.recorder]
 
 
 def images_per_train_iteration(cfg) -> int:
@@ -192,23 +191,21 @@ def benchmark_infer(cfg, warmup: int, iters: int, timer: PhaseTimer) -> None:
 def benchmark_teacher(cfg, warmup: int, iters: int, timer: PhaseTimer) -> None:
     model = build_model(cfg)
     DEARLiCheckpointer(model, save_to_disk=False).load(cfg.MODEL.WEIGHTS)
-    ssl = SemiSupervisedHook(cfg, model)
-    ssl.initialize_teacher()
+    teacher = MeanTeacher(cfg, model)
+    teacher.initialize()
     precision = build_precision(cfg)
     batches = iter(build_train_loader(cfg))
-    with EventStorage(0) as storage:  # the hook logs pseudo-label statistics to it
-        for iteration in range(warmup + iters):
-            storage.iter = iteration
-            if iteration == warmup:
-                reset_peak_memory(timer.device_type)
-            batch, data_seconds = timer.measure(next, batches)
-            with precision.autocast():
-                _, teacher_seconds = timer.measure(ssl.pseudo_label, batch["unlabeled"])
-            if iteration >= warmup:
-                timer.add("data", data_seconds)
-                timer.add("teacher", teacher_seconds)
-                timer.add("iteration", data_seconds + teacher_seconds)
-                timer.images.append(teacher_images(batch["unlabeled"]))
+    for iteration in range(warmup + iters):
+        if iteration == warmup:
+            reset_peak_memory(timer.device_type)
+        batch, data_seconds = timer.measure(next, batches)
+        with precision.autocast():
+            _, teacher_seconds = timer.measure(teacher.pseudo_label, batch["unlabeled"])
+        if iteration >= warmup:
+            timer.add("data", data_seconds)
+            timer.add("teacher", teacher_seconds)
+            timer.add("iteration", data_seconds + teacher_seconds)
+            timer.images.append(teacher_images(batch["unlabeled"]))
 
 
 def teacher_images(unlabeled: List[Dict]) -> int:

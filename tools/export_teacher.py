@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from dearli.engine.hooks import read_teacher_state
+from dearli.engine.teacher import read_teacher_state
 from dearli.utils.atomic_io import atomic_write
 
 

@@ -18,7 +18,7 @@ from detectron2.utils.logger import setup_logger
 
 import dearli  # noqa: F401  (registers datasets and models)
 from dearli.config import load_config
-from dearli.engine.hooks import TeacherCheckpointable, build_teacher, read_teacher_state
+from dearli.engine.teacher import MeanTeacher, read_teacher_state
 from dearli.engine.launch import launch
 from dearli.engine.state import TrainingCheckpointer
 from dearli.engine.trainer import DEARLiTrainer
@@ -59,9 +59,9 @@ def evaluate(cfg, args):
     results = DEARLiTrainer.test(cfg, model)
     if args.eval_teacher:
         path = checkpointer.get_checkpoint_file() if args.resume and checkpointer.has_checkpoint() else cfg.MODEL.WEIGHTS
-        teacher = build_teacher(model)
-        TeacherCheckpointable(teacher).load_state_dict(read_teacher_state(path))
-        results = dict(results, teacher=DEARLiTrainer.test(cfg, teacher))
+        teacher = MeanTeacher(cfg, model)
+        teacher.load_state_dict(read_teacher_state(path))
+        results = dict(results, teacher=DEARLiTrainer.test(cfg, teacher.model))
     return results
 
 

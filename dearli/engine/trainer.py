@@ -2,9 +2,10 @@
 
 What differs from ``DefaultTrainer`` and why:
 
-* the step (:class:`SemiSupervisedStep`) calls the hook-owned teacher between the data fetch and
-  the student forward, inside the same autocast and with its own timer, so teacher time is not
-  logged as data time; it also checks the losses on every rank before backward;
+* the step (:class:`SemiSupervisedStep`) is the method on one screen: fetch, the
+  :class:`~dearli.engine.teacher.MeanTeacher` pseudo-labels the unlabeled images (inside the same
+  autocast, with its own timer, so teacher time is not logged as data time), student losses
+  (checked on every rank before backward), backward, optimizer step, EMA update of the teacher;
 * the train loader is built lazily at the first step, at the trainer's iteration: Detectron2 0.6's
   ``SimpleTrainer`` iterates its loader at construction, before ``resume_or_load`` knows where a
   resumed run starts;
@@ -28,13 +29,14 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import setup_logger
 
-from ..data.sampling import build_train_loader, check_registered, seed_of
+from ..data.sampling import build_train_loader, check_registered, check_unlabeled_data, seed_of
 from ..evaluation import build_panoptic_evaluator
 from . import optim
-from .hooks import SemiSupervisedHook, TeacherCheckpointable
+from .hooks import PeakMemory, PseudoLabelTelemetry
 from .launch import create_ddp_model
 from .precision import build_precision
 from .state import GlobalRNGState, TrainingCheckpointer, reseed_global_rngs, seed_model_init
+from .teacher import MeanTeacher
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +45,7 @@ def check_training_data(cfg) -> None:
     """Fail early, naming the key, on unregistered datasets or SSL without unlabeled data."""
     check_registered("DATASETS.TRAIN", cfg.DATASETS.TRAIN)
     check_registered("DATASETS.TRAIN_UNLABELED", cfg.DATASETS.TRAIN_UNLABELED)
-    if cfg.SSL.ENABLED and not cfg.DATASETS.TRAIN_UNLABELED:
-        raise ValueError(
-            "SSL.ENABLED is True but DATASETS.TRAIN_UNLABELED is empty: semi-supervised training needs "
-            "unlabeled data (or set SSL.ENABLED False for the supervised-only baseline)"
-        )
-    if cfg.SSL.ENABLED and cfg.DATALOADER.UNLABELED_RATIO <= 0:
-        raise ValueError(f"SSL.ENABLED needs DATALOADER.UNLABELED_RATIO > 0, got {cfg.DATALOADER.UNLABELED_RATIO}")
+    check_unlabeled_data(cfg)
 
 
 def stop_if_not_finite(loss_dict, iteration: int) -> None:
@@ -77,19 +73,23 @@ def stop_if_not_finite(loss_dict, iteration: int) -> None:
 
 
 class SemiSupervisedStep(SimpleTrainer):
-    """One optimizer step: batch -> (teacher) -> student losses -> checks -> backward -> step.
+    """One optimizer step: batch -> teacher pseudo-labels -> student losses -> checks -> backward
+    -> step -> teacher EMA update.
 
     Args:
         model: the student (possibly DDP-wrapped).
         loader_factory: ``loader_factory(start_iter=...)`` -> iterable of
             ``{"labeled": [...], "unlabeled": [...]}``; called at the first step.
         optimizer: its ``step`` clips gradients when configured (see :mod:`.optim`).
-        make_inputs: batch -> model input; runs the teacher (timed as ``teacher_time``).
+        teacher: the :class:`~dearli.engine.teacher.MeanTeacher` of ``model``.
+        semi_supervised: SSL.ENABLED: the student also trains on the teacher's pseudo-labels.
         precision: :class:`~dearli.engine.precision.Precision`.
         seed: base seed of the per-step reseeding of the global generators.
+        clock: time source of the logged ``*_time`` scalars (tests pass a fake one).
     """
 
-    def __init__(self, model, loader_factory, optimizer, *, make_inputs, precision, seed: int):
+    def __init__(self, model, loader_factory, optimizer, *, teacher, semi_supervised: bool, precision,
+                 seed: int, clock=time.perf_counter):
         TrainerBase.__init__(self)  # not SimpleTrainer.__init__: it would iterate the loader now
         model.train()
         self.model = model
@@ -97,10 +97,11 @@ class SemiSupervisedStep(SimpleTrainer):
         self.data_loader = None
         self._loader_factory = loader_factory
         self._loader_iter = None
-        self.make_inputs = make_inputs
+        self.teacher = teacher
+        self.semi_supervised = semi_supervised
         self.precision = precision
         self.seed = seed
-        self.clock = time.perf_counter  # replaceable (tests use a fake clock)
+        self.clock = clock
 
     def _next_batch(self):
         if self._loader_iter is None:
@@ -121,7 +122,9 @@ class SemiSupervisedStep(SimpleTrainer):
         data_time = self._now() - start
         with self.precision.autocast():
             teacher_start = self._now()
-            inputs = self.make_inputs(batch)
+            inputs = batch["labeled"]
+            if self.semi_supervised:
+                inputs = {"labeled": inputs, "pseudo_labeled": self.teacher.pseudo_label(batch["unlabeled"])}
             student_start = self._now()
             loss_dict = self.model(inputs)
         stop_if_not_finite(loss_dict, self.iter)
@@ -130,6 +133,7 @@ class SemiSupervisedStep(SimpleTrainer):
         self.precision.backward(losses)
         self._write_metrics(loss_dict, data_time)
         self.precision.step(self.optimizer)
+        self.teacher.update(self.iter)  # before the hooks: a checkpoint at k holds EMA update k
         storage = get_event_storage()
         storage.put_scalars(teacher_time=student_start - teacher_start, student_time=self._now() - student_start)
         grad_norm = getattr(self.optimizer, "last_grad_norm", None)
@@ -149,7 +153,7 @@ class SemiSupervisedStep(SimpleTrainer):
 class DEARLiTrainer(DefaultTrainer):
     """``DefaultTrainer`` for DEARLi (supervised-only, DEAR and DEARLi runs alike)."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, clock=time.perf_counter):
         TrainerBase.__init__(self)  # DefaultTrainer.__init__ builds an eager loader and a CUDA-only DDP
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
@@ -159,16 +163,15 @@ class DEARLiTrainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         model = create_ddp_model(model, broadcast_buffers=False)
-        # The teacher is copied from the DDP-broadcast student, so it is identical on every rank.
-        self.ssl = SemiSupervisedHook(cfg, model)
+        self.teacher = MeanTeacher(cfg, model)  # copied from the DDP-broadcast student
         self._trainer = SemiSupervisedStep(
-            model, functools.partial(self.build_train_loader, cfg), optimizer,
-            make_inputs=self.ssl.student_inputs, precision=build_precision(cfg), seed=seed,
+            model, functools.partial(self.build_train_loader, cfg), optimizer, teacher=self.teacher,
+            semi_supervised=cfg.SSL.ENABLED, precision=build_precision(cfg), seed=seed, clock=clock,
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = TrainingCheckpointer(
             model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self),
-            teacher=TeacherCheckpointable(self.ssl.teacher), rng=GlobalRNGState(),
+            teacher=self.teacher, rng=GlobalRNGState(),
         )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
@@ -180,7 +183,7 @@ class DEARLiTrainer(DefaultTrainer):
         ``last_checkpoint``, or load MODEL.WEIGHTS into the student and initialise the teacher."""
         super().resume_or_load(resume=resume)
         if not (resume and self.checkpointer.has_checkpoint()):
-            self.ssl.initialize_teacher()
+            self.teacher.initialize()
 
     def state_dict(self):
         # Detectron2 0.6's DefaultTrainer saves only the iteration and hook states; the step
@@ -198,7 +201,8 @@ class DEARLiTrainer(DefaultTrainer):
 
     def build_hooks(self):
         cfg = self.cfg
-        ret = [hooks.IterationTimer(), self.ssl, hooks.LRScheduler()]  # EMA before checkpoint / eval
+        device_type = torch.device(cfg.MODEL.DEVICE).type
+        ret = [hooks.IterationTimer(), PseudoLabelTelemetry(cfg, self.teacher), PeakMemory(device_type), hooks.LRScheduler()]
         if comm.is_main_process():
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
         ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, self.evaluate_student_and_teacher))
@@ -211,7 +215,7 @@ class DEARLiTrainer(DefaultTrainer):
         results = self.test(self.cfg, self.model)
         if self.cfg.MODEL.TEACHER.EVALUATE:
             results = OrderedDict(results)
-            results["teacher"] = self.test(self.cfg, self.ssl.teacher)
+            results["teacher"] = self.test(self.cfg, self.teacher.model)
         self._last_eval_results = results
         return results
 

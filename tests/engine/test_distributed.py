@@ -49,12 +49,7 @@ def all_tensors(model):
 
 
 def record_step(trainer, record):
-    forward, batches = trainer.model.forward, []
-    make_inputs = trainer._trainer.make_inputs
-
-    def recording_make_inputs(batch):
-        batches.append(batch)
-        return make_inputs(batch)
+    forward = trainer.model.forward
 
     def recording_forward(inputs):
         record["inputs"] = {k: [plain_sample(s) for s in v] for k, v in inputs.items()}
@@ -66,10 +61,8 @@ def record_step(trainer, record):
         record["grads"] = {n: p.grad.clone() for n, p in trainer.model.module.named_parameters() if p.grad is not None}
         return step(*args, **kwargs)
 
-    trainer._trainer.make_inputs = recording_make_inputs
     trainer.model.forward = recording_forward
     trainer.optimizer.step = recording_step
-    record["batches"] = batches
 
 
 def two_rank_step(output_dir):
@@ -79,10 +72,9 @@ def two_rank_step(output_dir):
     record = {"initial_student": all_tensors(trainer.model.module)}
     record_step(trainer, record)
     trainer.train()
-    batch = record.pop("batches")[0]
-    record["labeled_files"] = [s["file_name"] for s in batch["labeled"]]
-    record["unlabeled_files"] = [s["file_name"] for s in batch["unlabeled"]]
-    record["teacher"] = trainer.ssl.teacher.state_dict()
+    record["labeled_files"] = [s["file_name"] for s in record["inputs"]["labeled"]]
+    record["unlabeled_files"] = [s["file_name"] for s in record["inputs"]["pseudo_labeled"]]
+    record["teacher"] = trainer.teacher.state_dict()
     torch.save(record, os.path.join(output_dir, f"rank{comm.get_rank()}.pt"))
 
 

@@ -2,11 +2,10 @@
 whose query also wins pixels below sigmoid 0.5 is kept as a student target (tests/helpers/overlap_case.py)."""
 import torch
 from detectron2.modeling import build_model
-from detectron2.utils.events import EventStorage
-from helpers.engine_setup import engine_cfg
 from helpers import overlap_case as case
+from helpers.engine_setup import engine_cfg
 
-from dearli.engine.hooks import SemiSupervisedHook
+from dearli.engine.teacher import MeanTeacher
 
 SCALE = 8  # 32x32 weak view: one SIZE_DIVISIBILITY block, no resize
 SHAPES_STUFF = 5  # shapes classes: 0-4 things, 5-8 stuff
@@ -16,10 +15,10 @@ def test_pseudo_labels_keep_the_segment_the_reference_keeps(tmp_path):
     cfg = engine_cfg(tmp_path)
     assert cfg.MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD == 0.8
     torch.manual_seed(0)
-    hook = SemiSupervisedHook(cfg, build_model(cfg))
+    teacher = MeanTeacher(cfg, build_model(cfg))
     scores = case.class_log_probs(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, stuff=SHAPES_STUFF)
     masks = case.mask_logits(SCALE)
-    hook.teacher._scores_and_masks = lambda images, zero_shot: (scores[None], masks[None])
+    teacher.model._scores_and_masks = lambda images, zero_shot: (scores[None], masks[None])
     size = 4 * SCALE
     unlabeled = [{
         "file_name": "u.jpg",
@@ -28,8 +27,7 @@ def test_pseudo_labels_keep_the_segment_the_reference_keeps(tmp_path):
         "valid_mask": torch.ones(size, size, dtype=torch.bool),
         "sample_seed": 1,
     }]
-    with EventStorage(0):
-        [student_sample] = hook.pseudo_label(unlabeled)
+    [student_sample] = teacher.pseudo_label(unlabeled)
     instances = student_sample["instances"]
     assert instances.gt_classes.tolist() == [case.THING, SHAPES_STUFF]
     expected = case.expected_pan(SCALE)

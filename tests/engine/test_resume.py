@@ -81,6 +81,10 @@ def test_resume_replays_the_uninterrupted_run_bitwise(tmp_path):
     assert "grad_scaler" in trainer_state["_trainer"]
     for part in ("model", "teacher", "trainer", "rng", "iteration"):
         assert_bitwise_equal(straight[part], again[part], part)
+    # cumulative telemetry is checkpointed too: the resumed run writes the uninterrupted run's counts
+    counts = json.loads((straight_dir / "pseudo_label_class_counts.json").read_text())
+    assert sum(counts.values()) > 0
+    assert json.loads((resumed_dir / "pseudo_label_class_counts.json").read_text()) == counts
     # the window really held an evaluation and an LR change
     assert K in eval_iterations(straight_dir) and K in eval_iterations(resumed_dir)
     first_lr = load_checkpoint(resumed_dir / f"model_{K - 1:07d}.pth")["trainer"]["_trainer"]["optimizer"]

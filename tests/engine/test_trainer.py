@@ -7,28 +7,29 @@ from helpers.engine_setup import engine_cfg, load_checkpoint, train
 from helpers.tiny import tiny_cfg
 
 from dearli.engine.ema import ema_decay
+from dearli.engine.trainer import DEARLiTrainer
 
 
 def record_calls(trainer):
-    """Wrap the teacher, the input preparation and the student so the test sees what they got."""
-    calls = {"teacher": [], "batches": [], "student": []}
-    teacher, step, student = trainer.ssl.teacher, trainer._trainer, trainer.model
-    predict, make_inputs, forward = teacher.predict_panoptic, step.make_inputs, student.forward
+    """Wrap the teacher's pseudo-labelling, its network and the student so the test sees what they got."""
+    calls = {"teacher": [], "unlabeled": [], "student": []}
+    teacher, student = trainer.teacher, trainer.model
+    predict, pseudo_label, forward = teacher.model.predict_panoptic, teacher.pseudo_label, student.forward
 
     def predict_panoptic(images, **kwargs):
         calls["teacher"].append((list(images), kwargs))
         return predict(images, **kwargs)
 
-    def recording_make_inputs(batch):
-        calls["batches"].append(batch)
-        return make_inputs(batch)
+    def recording_pseudo_label(unlabeled):
+        calls["unlabeled"].append(unlabeled)
+        return pseudo_label(unlabeled)
 
     def recording_forward(inputs):
         calls["student"].append(inputs)
         return forward(inputs)
 
-    teacher.predict_panoptic = predict_panoptic
-    step.make_inputs = recording_make_inputs
+    teacher.model.predict_panoptic = predict_panoptic
+    teacher.pseudo_label = recording_pseudo_label
     student.forward = recording_forward
     return calls
 
@@ -37,12 +38,12 @@ def test_step_labels_weak_views_and_trains_on_cutmixed_strong_views(tmp_path):
     calls = {}
     cfg = engine_cfg(tmp_path, **{"SOLVER.MAX_ITER": 1, "INPUT.UNLABELED.CUTMIX_PROB": 1.0})
     trainer = train(cfg, before_train=lambda t: calls.update(record_calls(t)))
-    batch, (teacher_images, teacher_kwargs), inputs = calls["batches"][0], calls["teacher"][0], calls["student"][0]
-    unlabeled = batch["unlabeled"]
+    unlabeled, (teacher_images, teacher_kwargs), inputs = calls["unlabeled"][0], calls["teacher"][0], calls["student"][0]
     weak = [s["weak_image"] for s in unlabeled] + [s["cutmix"]["weak_image"] for s in unlabeled]
     assert len(teacher_images) == len(weak) == 4 and all(torch.equal(a, b) for a, b in zip(teacher_images, weak))
     assert teacher_kwargs == {"zero_shot": True, "object_threshold": 0.0, "overlap_threshold": 0.8}
-    assert set(inputs) == {"labeled", "pseudo_labeled"} and inputs["labeled"] is batch["labeled"]
+    assert set(inputs) == {"labeled", "pseudo_labeled"} and len(inputs["labeled"]) == len(unlabeled) == 2
+    assert all("weak_image" not in sample for sample in inputs["labeled"])  # the labeled crops, not unlabeled
     for sample, student_sample in zip(unlabeled, inputs["pseudo_labeled"]):
         box = sample["cutmix"]["box_mask"]
         expected = torch.where(box[None], sample["cutmix"]["strong_image"], sample["strong_image"])
@@ -66,23 +67,21 @@ class FakeClock:
 
 def test_teacher_time_is_logged_apart_from_data_time(tmp_path):
     clock = FakeClock()
+    trainer = DEARLiTrainer(engine_cfg(tmp_path, **{"SOLVER.MAX_ITER": 1}), clock=clock)
+    trainer.resume_or_load(resume=False)
+    predict, forward = trainer.teacher.model.predict_panoptic, trainer.model.forward
 
-    def slow_parts(trainer):
-        trainer._trainer.clock = clock
-        predict, forward = trainer.ssl.teacher.predict_panoptic, trainer.model.forward
+    def slow_teacher(images, **kwargs):
+        clock.now += 5.0
+        return predict(images, **kwargs)
 
-        def slow_teacher(images, **kwargs):
-            clock.now += 5.0
-            return predict(images, **kwargs)
+    def slow_student(inputs):
+        clock.now += 2.0
+        return forward(inputs)
 
-        def slow_student(inputs):
-            clock.now += 2.0
-            return forward(inputs)
-
-        trainer.ssl.teacher.predict_panoptic = slow_teacher
-        trainer.model.forward = slow_student
-
-    trainer = train(engine_cfg(tmp_path, **{"SOLVER.MAX_ITER": 1}), before_train=slow_parts)
+    trainer.teacher.model.predict_panoptic = slow_teacher
+    trainer.model.forward = slow_student
+    trainer.train()
     latest = trainer.storage.latest()
     assert latest["teacher_time"][0] == 5.0
     assert latest["student_time"][0] == 2.0
@@ -109,7 +108,7 @@ def test_checkpoint_k_holds_teacher_after_ema_update_k(tmp_path):
 
 def test_teacher_shares_frozen_clip_and_is_never_trained(tmp_path):
     trainer = train(engine_cfg(tmp_path, **{"SOLVER.MAX_ITER": 1}))
-    teacher, student = trainer.ssl.teacher, trainer.model
+    teacher, student = trainer.teacher.model, trainer.model
     assert teacher.backbone is student.backbone
     assert not any(p.requires_grad for p in teacher.parameters())
     optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
@@ -121,8 +120,7 @@ def test_supervised_baseline_uses_the_same_trainer(tmp_path):
     calls = {}
     cfg = tiny_cfg("tiny_supervised", **{"SOLVER.MAX_ITER": 2, "OUTPUT_DIR": str(tmp_path), "DATASETS.TEST": []})
     trainer = train(cfg, before_train=lambda t: calls.update(record_calls(t)))
-    assert calls["teacher"] == [] and all(isinstance(inputs, list) for inputs in calls["student"])
-    assert all(batch["unlabeled"] == [] for batch in calls["batches"])
+    assert calls["teacher"] == calls["unlabeled"] == [] and all(isinstance(inputs, list) for inputs in calls["student"])
     latest = trainer.storage.latest()
     assert "ssl/ema_decay" in latest and not any(k.startswith("pseudo_") for k in latest)
 
@@ -132,15 +130,13 @@ def test_dearli_teacher_weights_are_loaded_and_not_ramped(tmp_path):
     first = train(cfg)
     weights = tmp_path / "warmup.pth"
     torch.save({"model": {k: v + 1.0 if v.is_floating_point() else v for k, v in first.model.state_dict().items()}}, weights)
-    from dearli.engine.trainer import DEARLiTrainer
-
     trainer = DEARLiTrainer(engine_cfg(tmp_path / "second", **{"MODEL.TEACHER.WEIGHTS": str(weights)}))
     trainer.resume_or_load(resume=False)
     saved = torch.load(weights, weights_only=True)["model"]
-    teacher_state, student_state = trainer.ssl.teacher.state_dict(), trainer.model.state_dict()
+    teacher_state, student_state = trainer.teacher.state_dict(), trainer.model.state_dict()
     name = "sem_seg_head.predictor.query_feat.weight"
     assert torch.equal(teacher_state[name], saved[name]) and not torch.equal(student_state[name], saved[name])
-    assert trainer.ssl.ramp is False and ema_decay(0, trainer.ssl.decay, trainer.ssl.ramp) == 0.999
+    assert trainer.teacher.ramp is False and ema_decay(0, trainer.teacher.decay, trainer.teacher.ramp) == 0.999
 
 
 def test_periodic_evaluation_covers_student_and_teacher(tmp_path):

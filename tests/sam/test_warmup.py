@@ -161,7 +161,7 @@ def test_warmup_from_tiny_sam_labels_hands_over_to_student_and_teacher(tiny_sam_
                     SOLVER__MAX_ITER=1, OUTPUT_DIR=str(tmp_path / "dearli"))
     ssl = DEARLiTrainer(semi)
     ssl.resume_or_load(resume=False)
-    student, teacher = _trainable_state(ssl.model), _trainable_state(ssl.ssl.teacher)
+    student, teacher = _trainable_state(ssl.model), _trainable_state(ssl.teacher.model)
     assert set(student) == set(trained) == set(teacher)
     for key, value in trained.items():
         assert torch.equal(student[key], value), key
