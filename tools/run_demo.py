@@ -127,7 +127,7 @@ def save_predictions(trainer, name, visuals_dir, count, scale):
     dataset = cfg.DATASETS.TEST[0]
     metadata = MetadataCatalog.get(dataset)
     loader = build_detection_test_loader(cfg, dataset)
-    models = (trainer.model, trainer.ssl.teacher)
+    models = (trainer.model, trainer.teacher.model)
     was_training = [m.training for m in models]
     for m in models:
         m.eval()
@@ -151,8 +151,8 @@ def save_pseudo_labels(trainer, visuals_dir, count, scale):
     """Weak view + teacher pseudo-label | CutMix strong view + student target, for a few images."""
     batch = sampling.build_train_batches(trainer.cfg, start_iter=0).batch_at(0)
     with EventStorage(0), torch.no_grad():
-        trainer.ssl.pseudo_label(batch["unlabeled"])
-    samples, labels, unlabeled, teacher_labels = trainer.ssl.last_pseudo_labels
+        trainer.teacher.pseudo_label(batch["unlabeled"])
+    samples, labels, unlabeled, teacher_labels = trainer.teacher.last_pseudo_labels
     metadata = MetadataCatalog.get(trainer.cfg.DATASETS.TRAIN[0])
     for k, panel in enumerate(pseudo_label_panels(samples, labels, unlabeled, teacher_labels, metadata, count, scale)):
         save_png_atomic(panel, os.path.join(visuals_dir, f"pseudo_labels_{k}.png"))
