@@ -54,12 +54,13 @@ class SamCheckpointError(ValueError):
 
 @dataclass(frozen=True)
 class GeneratorSettings:
-    """The ``SamAutomaticMaskGenerator`` parameters dearli exposes (paper values as defaults)."""
+    """The ``SamAutomaticMaskGenerator`` parameters dearli exposes (SAM.*; the paper's values are
+    the config's defaults)."""
 
-    points_per_side: int = 32
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
-    points_per_batch: int = 256
+    points_per_side: int
+    pred_iou_thresh: float
+    stability_score_thresh: float
+    points_per_batch: int
 
     @classmethod
     def from_config(cls, cfg):
@@ -228,7 +229,7 @@ def _to_annotation(raw):
 class SamMaskGenerator:
     """Automatic masks of one image at a time, as annotations of the dearli pseudo-label format."""
 
-    def __init__(self, model, settings=GeneratorSettings()):
+    def __init__(self, model, settings: GeneratorSettings):
         self.settings = settings
         self._amg = _IoUFirstMaskGenerator(
             model,

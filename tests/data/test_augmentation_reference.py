@@ -12,7 +12,10 @@ from detectron2.projects.point_rend import color_augmentation
 from PIL import Image, ImageFilter
 from torchvision.transforms import v2
 
+from dearli.config import load_config
 from dearli.data.mappers import augmentation as aug
+
+STRONG = aug.StrongColorSpec.from_config(load_config())  # INPUT.UNLABELED defaults
 
 
 def _photo(seed, size=(24, 32)):
@@ -96,7 +99,7 @@ def _reference_strong_view(image_chw: torch.Tensor, params: aug.StrongColorParam
 @pytest.mark.parametrize("seed", range(6))
 def test_strong_view_equals_torchvision_and_pil_on_pil_images(seed):
     image = torch.from_numpy(_photo(seed, size=(30, 40))).permute(2, 0, 1).contiguous()
-    params = aug.sample_strong_color(aug.StrongColorSpec(), np.random.default_rng(seed))
+    params = aug.sample_strong_color(STRONG, np.random.default_rng(seed))
     grayscale, blur_sigma = seed % 3 == 0, (None, 0.1, 1.7)[seed % 3]
     factors = (params.brightness, params.contrast, params.saturation, params.hue)
     order, expected = _reference_strong_view(image, aug.StrongColorParams(params.order, *factors, grayscale, blur_sigma))

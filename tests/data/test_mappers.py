@@ -305,7 +305,7 @@ def test_strong_colour_ops():
     blurred = aug.apply_strong_color(image, blur)
     assert blurred.shape == image.shape and blurred.dtype == torch.uint8
     assert blurred.float().std() < 0.5 * image.float().std()  # noise is smoothed away
-    spec = aug.StrongColorSpec()
+    spec = aug.StrongColorSpec.from_config(make_cfg())  # INPUT.UNLABELED defaults
     params = [aug.sample_strong_color(spec, rng(i)) for i in range(400)]
     assert all(0.2 <= p.brightness <= 1.8 and -0.2 <= p.hue <= 0.2 for p in params)
     assert 0.14 <= np.mean([p.grayscale for p in params]) <= 0.26

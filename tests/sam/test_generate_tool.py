@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO / "tools"))
 import generate_sam_pseudolabels as tool  # noqa: E402
 
 # Random weights: lowered thresholds (see test_generator.py); 4x4 points keep it fast.
-SETTINGS = GeneratorSettings(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+SETTINGS = GeneratorSettings(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, points_per_batch=256)
 FLAGS = ["--model-type", TINY_MODEL_TYPE, "--points-per-side", "4", "--pred-iou-thresh", "0",
          "--stability-score-thresh", "0", "--device", "cpu", "--no-progress"]
 

@@ -6,6 +6,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from segment_anything import SamAutomaticMaskGenerator
 
+from dearli.config import load_config
 from dearli.sam.generator import (
     GeneratorSettings,
     SamCheckpointError,
@@ -30,14 +31,14 @@ def _decode(segmentation):
 
 
 def test_paper_settings_are_the_defaults():
-    settings = GeneratorSettings()
+    settings = GeneratorSettings.from_config(load_config())
     assert (settings.points_per_side, settings.pred_iou_thresh, settings.stability_score_thresh) == (32, 0.88, 0.95)
     assert settings.label_subdir("vit_h") == "vit_h/points_per_side_32_pred_iou_thresh_0.88_stability_score_thresh_0.95"
     assert "points_per_batch" not in settings.mask_defining()  # memory only, does not change masks
 
 
 def test_settings_reach_segment_anything():
-    amg = SamMaskGenerator(build_tiny_sam(), GeneratorSettings(points_per_batch=17))._amg
+    amg = SamMaskGenerator(build_tiny_sam(), GeneratorSettings.from_config(load_config(opts=["SAM.POINTS_PER_BATCH", 17])))._amg
     assert (amg.pred_iou_thresh, amg.stability_score_thresh, amg.points_per_batch) == (0.88, 0.95, 17)
     assert amg.point_grids[0].shape == (32 * 32, 2)
 

@@ -129,7 +129,7 @@ def tiny_sam_labels(shared_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_sam_labels")
     items = collect_images(image_sources=[shared_data / "ade20k_semantic_sample" / "images",
                                           shared_data / "coco_panoptic_sample" / "images"])
-    settings = GeneratorSettings(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    settings = GeneratorSettings(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, points_per_batch=256)
     label_dir = root / settings.label_subdir("dearli_tiny")
     fmt.ensure_meta(label_dir, {"source": "sam", "model_type": "dearli_tiny", "generator": settings.mask_defining()})
     summary = generate_labels(items, label_dir, SamMaskGenerator(build_tiny_sam(), settings).generate, progress=False)

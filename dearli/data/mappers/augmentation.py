@@ -257,15 +257,16 @@ def _shift_hue(image_rgb: np.ndarray, delta: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- strong colour (unlabeled)
 @dataclass(frozen=True)
 class StrongColorSpec:
-    """ColorJitter strengths (always applied), grayscale and blur probabilities (INPUT.UNLABELED)."""
+    """ColorJitter strengths (always applied), grayscale and blur probabilities (INPUT.UNLABELED;
+    the defaults live there)."""
 
-    brightness: float = 0.8
-    contrast: float = 0.8
-    saturation: float = 0.8
-    hue: float = 0.2
-    grayscale_prob: float = 0.2
-    blur_prob: float = 0.5
-    blur_sigma: Tuple[float, float] = (0.1, 2.0)
+    brightness: float
+    contrast: float
+    saturation: float
+    hue: float
+    grayscale_prob: float
+    blur_prob: float
+    blur_sigma: Tuple[float, float]
 
     @classmethod
     def from_config(cls, cfg):
