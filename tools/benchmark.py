@@ -37,7 +37,7 @@ from detectron2.engine import HookBase, hooks
 from detectron2.modeling import build_model
 from tabulate import tabulate
 
-import dearli  # noqa: F401
+import dearli  # noqa: F401  (registers datasets, mappers and models)
 from dearli.config import load_config
 from dearli.data.sampling import build_train_loader
 from dearli.engine.hooks import PseudoLabelTelemetry, peak_memory_mb

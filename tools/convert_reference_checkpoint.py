@@ -23,7 +23,6 @@ from detectron2.utils.logger import setup_logger
 
 import dearli  # noqa: F401  (registers datasets and model components)
 from dearli.config import load_config
-from dearli.modeling import meta_arch  # noqa: F401  (registers the DEARLi meta-architecture)
 from dearli.modeling.checkpoint import (
     DEARLiCheckpointer,
     atomic_write,

@@ -26,9 +26,8 @@ from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 from PIL import Image
 
-import dearli  # noqa: F401
+import dearli  # noqa: F401  (registers datasets and models)
 from dearli.config import load_config
-from dearli.data import datasets, shapes  # noqa: F401  (registers the dataset names and metadata)
 from dearli.engine.predictor import DEARLiPredictor, check_stuff_names, normalise_class_list
 from dearli.engine.visualization import draw_panoptic, draw_semantic, named_segments
 from dearli.utils.atomic_io import atomic_write

@@ -25,8 +25,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
+import dearli  # noqa: F401  (registers datasets, mappers and models)
 from dearli.config import load_config
-from dearli.data import mappers, shapes  # noqa: F401  (registers mappers and dearli_shapes_*)
 from dearli.data.sampling import build_train_batches
 from dearli.engine.pseudo_labels import cutmix_image
 from dearli.engine.visualization import drawing_metadata, draw_panoptic

@@ -6,7 +6,6 @@ mappers of ``MAPPER_REGISTRY``.
 """
 from . import datasets  # noqa: F401  (ADE20K / COCO / COCO-objects / CamVid registrations)
 from .datasets import shapes  # noqa: F401  (dearli_shapes_* synthetic panoptic set)
-from . import mappers  # noqa: F401  (labeled_panoptic, unlabeled_weak_strong)
-from .mappers import sam_mapper  # noqa: F401  (sam_pseudo_label)
+from . import mappers  # noqa: F401  (labeled_panoptic, sam_pseudo_label, unlabeled_weak_strong)
 from .datasets import sam_images  # noqa: F401  (ade20k_sam_train, coco_sam_train, oracle set)
 from .registry import MAPPER_REGISTRY, build_mapper  # noqa: F401

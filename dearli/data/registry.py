@@ -1,13 +1,16 @@
-"""Registry of dataset mappers: a config selects one by ``INPUT.DATASET_MAPPER_NAME``.
+"""Registry of dataset mappers, filled by importing :mod:`dearli.data.mappers`.
 
-Each registered object is a class whose constructor is ``@configurable`` (so it can be built as
-``MAPPER_REGISTRY.get(name)(cfg, is_train=True)``) and whose instances map one dataset dict to one
-model input.
+Each entry is a function ``(cfg, is_train) -> mapper``; a mapper turns one dataset dict into one
+model input, called as ``mapper(dataset_dict, rng)`` with the loader's ``numpy.random.Generator``:
+
+- ``labeled_panoptic`` and ``sam_pseudo_label`` map the labeled stream; INPUT.DATASET_MAPPER_NAME
+  picks one (:func:`build_mapper`);
+- ``unlabeled_weak_strong`` maps the unlabeled stream; the loader picks it when SSL.ENABLED.
 """
 from detectron2.utils.registry import Registry
 
 MAPPER_REGISTRY = Registry("DEARLI_MAPPER")
-MAPPER_REGISTRY.__doc__ = "Dataset mappers of dearli, selected by INPUT.DATASET_MAPPER_NAME."
+MAPPER_REGISTRY.__doc__ = "Dataset mappers of dearli: (cfg, is_train) -> mapper(dataset_dict, rng)."
 
 
 def build_mapper(cfg, is_train=True):
