@@ -13,7 +13,7 @@ is checked once, at construction:
 * frozen student parameters that are not shared stay the teacher's own (e.g. a separately loaded
   teacher backbone).
 """
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -146,9 +146,3 @@ def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
     if a is b:
         return True
     return a.device == b.device and a.numel() > 0 and a.data_ptr() == b.data_ptr()
-
-
-def teacher_only_state_dict(teacher: nn.Module, shared_names: Iterable[str]) -> Dict[str, torch.Tensor]:
-    """The teacher's state dict without the tensors it shares with the student (the frozen CLIP)."""
-    shared = set(shared_names)
-    return {k: v for k, v in teacher.state_dict().items() if strip_wrapper_prefix(k) not in shared}

@@ -1,12 +1,9 @@
-"""Training hooks, one job each (the teacher itself is :class:`~dearli.engine.teacher.MeanTeacher`,
-called by the training step):
+"""Training hooks, one job each; the teacher itself (:class:`~dearli.engine.teacher.MeanTeacher`)
+is called by the training step.
 
-* :class:`PseudoLabelTelemetry`: statistics, class histogram and pictures of the teacher's
-  pseudo-labels, the EMA decay, and the cumulative pseudo-label class counts
-  (``pseudo_label_class_counts.json``). The counts are part of the checkpointed trainer state, so a
-  resumed run writes the same file as an uninterrupted one. Counts and statistics are this
-  process's (rank 0's in the written file), like every other logged scalar.
-* :class:`PeakMemory`: peak GPU / resident memory after every step.
+Pseudo-label class counts are checkpointed trainer state, so a resumed run writes the same
+``pseudo_label_class_counts.json`` as an uninterrupted one. Counts and statistics are this
+process's (rank 0's in the written file), like every other logged scalar.
 """
 import os
 import resource
@@ -90,11 +87,10 @@ class PseudoLabelTelemetry(HookBase):
         return {"class_counts": self.class_counts.clone()}
 
     def load_state_dict(self, state: Dict) -> None:
-        counts = state["class_counts"]
-        if counts.shape != self.class_counts.shape:
-            raise ValueError(f"checkpointed pseudo-label class counts have {counts.numel()} classes, "
-                             f"the config has MODEL.SEM_SEG_HEAD.NUM_CLASSES={self.num_classes}")
-        self.class_counts = counts.to(torch.int64).clone()
+        if state["class_counts"].shape != self.class_counts.shape:
+            raise ValueError(f"checkpointed pseudo-label class counts have {state['class_counts'].numel()} "
+                             f"classes, the config has MODEL.SEM_SEG_HEAD.NUM_CLASSES={self.num_classes}")
+        self.class_counts = state["class_counts"].to(torch.int64).clone()
 
 
 def _class_names(metadata, num_classes: int) -> List[str]:

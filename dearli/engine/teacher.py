@@ -1,13 +1,7 @@
 """The mean teacher (method spec §2): an EMA copy of the student that labels the unlabeled images.
 
-:class:`MeanTeacher` builds the teacher (sharing the student's frozen CLIP), initialises it
-(MODEL.TEACHER.WEIGHTS or a copy of the student), checkpoints it, pseudo-labels the weak views
-(and CutMix partners) and CutMixes the labels into the student's targets, and updates itself by
-EMA after each optimizer step. The training step (:mod:`dearli.engine.trainer`) calls it in that
-order; telemetry about its pseudo-labels is a hook's job (:mod:`dearli.engine.hooks`).
-
-The teacher exists in every run (also supervised-only ones, whose EMA teacher is evaluated for
-comparison); pseudo-labels are made only with SSL.ENABLED.
+It exists in every run (a supervised-only run's EMA teacher is evaluated for comparison); the
+training step asks it for pseudo-labels only with SSL.ENABLED. Telemetry is a hook's job.
 """
 import copy
 import logging
@@ -64,7 +58,8 @@ class PseudoLabels(NamedTuple):
 
 
 class MeanTeacher:
-    """The EMA teacher of ``student``; a checkpointer entry (``state_dict`` / ``load_state_dict``).
+    """Builds the teacher (sharing the frozen CLIP), initialises it, pseudo-labels, EMA-updates;
+    a checkpointer entry (``state_dict`` / ``load_state_dict``).
 
     Args:
         cfg: the config (MODEL.TEACHER.*, MODEL.MASK_FORMER.* thresholds and weighting).

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from dearli.engine.ema import ModelEMA, ema_decay, resolve_ema_ramp, teacher_only_state_dict
+from dearli.engine.ema import ModelEMA, ema_decay, resolve_ema_ramp
 
 
 class Frozen(nn.Module):
@@ -112,11 +112,3 @@ def test_mismatched_architectures_fail_with_tensor_name():
     teacher.head = nn.Linear(4, 3)
     with pytest.raises(ValueError, match="head.weight"):
         ModelEMA(teacher, student)
-
-
-def test_teacher_only_state_dict_skips_shared_tensors():
-    teacher, student = make_pair()
-    ema = ModelEMA(teacher, student)
-    saved = teacher_only_state_dict(teacher, ema.shared_names)
-    assert not any(k.startswith("backbone.") for k in saved)
-    assert "head.weight" in saved and "scale" in saved
