@@ -3,7 +3,9 @@
 Every generated file in dearli (checkpoints, SAM pseudo-labels, prepared dataset files, text
 classifier caches, tool outputs) is written through :func:`atomic_write`: the data goes to a
 temporary file ``.tmp-*`` in the target's folder, is flushed and fsync'ed, then ``os.replace``'d
-over the target. An interrupted write leaves only an ignorable ``.tmp-*`` file behind.
+over the target. An interrupted write leaves only an ignorable ``.tmp-*`` file behind. The file
+gets the permissions of a plain ``open()`` (0666 minus the process umask), not mkstemp's private
+0600, so colleagues on a shared machine can read checkpoints and results when the umask allows.
 """
 import contextlib
 import json
@@ -14,6 +16,23 @@ import numpy as np
 from PIL import Image
 
 TMP_PREFIX = ".tmp-"
+NEW_FILE_MODE = 0o666  # what open() asks for; the umask then removes bits
+NEW_DIR_MODE = 0o777  # what mkdir() asks for
+
+
+def process_umask() -> int:
+    """The process umask, read without changing it where Linux shows it (/proc/self/status);
+    elsewhere set and restored at once."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -25,6 +44,7 @@ def atomic_write(path, mode: str = "wb", encoding=None):
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=TMP_PREFIX + os.path.basename(path) + ".")
     try:
         with os.fdopen(fd, mode, encoding=encoding) as f:
+            os.fchmod(f.fileno(), NEW_FILE_MODE & ~process_umask())  # mkstemp's 0600 would make outputs private
             yield f
             f.flush()
             os.fsync(f.fileno())  # the data is on disk before the rename makes it visible

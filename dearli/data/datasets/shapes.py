@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 from panopticapi.utils import id2rgb
 
+from ...utils.atomic_io import NEW_DIR_MODE, process_umask
 from .metadata import build_panoptic_metadata, register_dataset
 from .panoptic import load_panoptic_json
 from .prepare_utils import paint_segments, segment_records
@@ -240,6 +241,7 @@ def ensure_split(split_dir, split, num_images, image_hw, seed):
         return split_dir
     split_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{split_dir.name}.tmp-", dir=split_dir.parent))
+    tmp_dir.chmod(NEW_DIR_MODE & ~process_umask())  # a mkdir() folder, not mkdtemp's private 0700
     try:
         _write_split(tmp_dir, split, num_images, image_hw, seed)
         os.rename(tmp_dir, split_dir)
