@@ -1,18 +1,19 @@
 """Test-suite guards: no network, few threads, and the location of the shared real data."""
 import os
 import socket
-from pathlib import Path
 
 import pytest
 import torch
 
+from helpers.shared_data import require_folder, shared_data_dir
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Tools called in-process resolve their thread count from OMP_NUM_THREADS (dearli/utils/threads.py).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 torch.set_num_threads(1)
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("DEARLI_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
 class NetworkAccessInTests(RuntimeError):
@@ -56,9 +57,24 @@ def _no_network(monkeypatch):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _restore_threads(monkeypatch):
+    """Tools set torch's thread count and OMP_NUM_THREADS/MKL_NUM_THREADS; undo it after each test."""
+    threads = torch.get_num_threads()
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(name, os.environ.get(name, "1"))
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def shared_data():
-    """Path to the real sample data (../shared/data, or $DEARLI_SHARED_DATA)."""
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"shared data not found at {SHARED_DATA}; set DEARLI_SHARED_DATA")
-    return SHARED_DATA
+    """Path to the real sample data ($DEARLI_SHARED_DATA, else ../shared/data); skips the test
+    when absent, fails it when $DEARLI_REQUIRE_SHARED_DATA=1 (see helpers/shared_data.py)."""
+    return require_folder(shared_data_dir(), "real sample data")
+
+
+@pytest.fixture(scope="session")
+def reference_manifests():
+    """Folder of the reference checkpoints' state-dict manifests (``reference`` beside the data)."""
+    return require_folder(shared_data_dir().parent / "reference", "reference state-dict manifests")

@@ -1,8 +1,6 @@
 """OpenCLIPBackbone: features, freezing, checkpoint contents, weight loading, bad input."""
 import csv
 import json
-import os
-from pathlib import Path
 
 import open_clip
 import pytest
@@ -19,8 +17,6 @@ from dearli.modeling.backbone import OpenCLIPBackbone
 from dearli.modeling.backbone.open_clip_backbone import resolve_pretrained_file
 
 TINY = "dearli_convnext_tiny_test"
-SHARED_DATA = Path(os.environ.get("DEARLI_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
-MANIFEST = SHARED_DATA.parent / "reference" / "dearli_student_ade20k_state_dict.tsv"
 
 
 def tiny_backbone(**kwargs):
@@ -225,10 +221,10 @@ def test_built_from_config_through_the_registry():
     assert isinstance(backbone, OpenCLIPBackbone) and not backbone.freeze
 
 
-def test_paper_backbone_matches_the_reference_manifest():
+def test_paper_backbone_matches_the_reference_manifest(reference_manifests):
     """convnext_base_w_320 with random weights: every backbone.clip_model.* name and shape of the
     reference student checkpoint, in order, and the feature channels the pixel decoder expects."""
-    with MANIFEST.open() as f:
+    with (reference_manifests / "dearli_student_ade20k_state_dict.tsv").open() as f:
         rows = [r for r in csv.DictReader(f, delimiter="\t") if r["name"].startswith("backbone.clip_model.")]
     backbone = OpenCLIPBackbone(model_name="convnext_base_w_320")
     ours = [(f"backbone.clip_model.{k}", "x".join(map(str, v.shape)) or "scalar")

@@ -97,8 +97,8 @@ def test_save_is_atomic(tiny_models, tmp_path, monkeypatch):
 
 # ---- reference checkpoints ---------------------------------------------------------------------
 
-def _manifest(shared_data, kind):
-    path = shared_data.parent / "reference" / f"dearli_{kind}_ade20k_state_dict.tsv"
+def _manifest(reference_manifests, kind):
+    path = reference_manifests / f"dearli_{kind}_ade20k_state_dict.tsv"
     rows = [line.split("\t") for line in path.read_text().splitlines()[1:]]
     shape = lambda text: () if text == "scalar" else tuple(int(d) for d in text.split("x"))  # noqa: E731
     return [(name, shape(dims), grad == "True") for name, dims, _, grad, _ in rows]
@@ -130,8 +130,8 @@ def paper_model():
     return build_model(cfg)
 
 
-def test_paper_model_names_shapes_and_trainable_counts_match_the_manifest(paper_model, shared_data):
-    manifest = _manifest(shared_data, "student")
+def test_paper_model_names_shapes_and_trainable_counts_match_the_manifest(paper_model, reference_manifests):
+    manifest = _manifest(reference_manifests, "student")
     clip = {"backbone.clip_model." + k: tuple(v.shape) for k, v in paper_model.backbone.clip_model.state_dict().items()}
     ours = {**clip, **{k: tuple(v.shape) for k, v in paper_model.state_dict().items()}}
     reference = {name: shape for name, shape, _ in manifest if not name.startswith("criterion")}
@@ -149,8 +149,8 @@ def test_paper_model_names_shapes_and_trainable_counts_match_the_manifest(paper_
 
 
 @pytest.mark.parametrize("kind", MANIFESTS)
-def test_converted_reference_state_dict_loads_with_no_missing_trainable_key(paper_model, shared_data, kind):
-    state_dict = _random_state_dict(_manifest(shared_data, kind))
+def test_converted_reference_state_dict_loads_with_no_missing_trainable_key(paper_model, reference_manifests, kind):
+    state_dict = _random_state_dict(_manifest(reference_manifests, kind))
     converted, dropped = convert_reference_state_dict(state_dict)
     assert all(k.startswith(("backbone.clip_model.", "criterion")) for k in dropped)
     assert len(dropped) == len(state_dict) - 298

@@ -1,8 +1,6 @@
 """MaskedAttentionDecoder: attention, masks, CLIP-space logits, shapes, gradients, reference names."""
 import csv
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,9 +18,6 @@ from dearli.modeling.transformer_decoder import (
     attention_block_mask,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-REFERENCE_DIR = Path(os.environ.get("DEARLI_SHARED_REFERENCE", REPO_ROOT.parent / "shared" / "reference"))
-STUDENT_MANIFEST = REFERENCE_DIR / "dearli_student_ade20k_state_dict.tsv"
 NUM_SYNONYMS = [1, 3, 2]  # 3 classes, 6 synonym rows (+ void)
 
 
@@ -161,11 +156,9 @@ def test_input_projection_only_when_channels_differ():
     assert decoder(wide, mask_features, classifier, NUM_SYNONYMS)["pred_logits"].shape == (2, 8, 4)
 
 
-def read_manifest(prefix):
+def read_manifest(reference_manifests, prefix):
     """{name without prefix: shape tuple} of the reference student's keys under ``prefix``."""
-    if not STUDENT_MANIFEST.is_file():
-        pytest.fail(f"reference manifest not found at {STUDENT_MANIFEST}; set DEARLI_SHARED_REFERENCE")
-    with open(STUDENT_MANIFEST, newline="") as handle:
+    with open(reference_manifests / "dearli_student_ade20k_state_dict.tsv", newline="") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
     return {
         row["name"][len(prefix):]: () if row["shape"] == "scalar" else tuple(int(d) for d in row["shape"].split("x"))
@@ -186,10 +179,10 @@ def paper_block(name):
 
 
 @pytest.mark.parametrize("name, parameters", [("pixel_decoder", 5_544_384), ("predictor", 14_805_889)])
-def test_paper_config_matches_the_reference_manifest(name, parameters):
+def test_paper_config_matches_the_reference_manifest(name, parameters, reference_manifests):
     block = paper_block(name)
     assert sum(p.numel() for p in block.parameters()) == parameters
     ours = {key: tuple(value.shape) for key, value in block.state_dict().items()}
-    reference = read_manifest(f"sem_seg_head.{name}.")
+    reference = read_manifest(reference_manifests, f"sem_seg_head.{name}.")
     assert sorted(set(ours) - set(reference)) == [] and sorted(set(reference) - set(ours)) == []
     assert list(ours.items()) == list(reference.items()), "same shapes, in the reference state-dict order"
