@@ -2,7 +2,7 @@
 """Measure DEARLi's speed and memory: training iterations, single-image inference, pseudo-labelling.
 
     python tools/benchmark.py --config-file configs/shapes/tiny_dearli.yaml --task train \
-        --iters 20 --warmup 3 --device cpu --json out/bench_train.json
+        --iters 20 --warmup 3 --device cpu --threads 1 --json out/bench_train.json [KEY VALUE ...]
 
 Tasks (each reuses the code it measures, nothing is re-implemented here):
 
@@ -19,8 +19,9 @@ Reported: median / min / max seconds per phase, images per second (images per it
 median iteration time), and peak memory: ``torch.cuda.max_memory_allocated`` over the timed
 iterations on GPU, the process's peak resident set size (since start, model build included) on CPU.
 Warm-up iterations are run first and not timed. GPU variants are chosen by config overrides, e.g.
-``--opts SOLVER.AMP.ENABLED True SOLVER.AMP.PRECISION bf16 MODEL.OPEN_CLIP.CHANNELS_LAST True
-MODEL.SEM_SEG_HEAD.DEFORMABLE_CHECKPOINT True``.
+trailing ``SOLVER.AMP.ENABLED True SOLVER.AMP.PRECISION bf16 MODEL.OPEN_CLIP.CHANNELS_LAST True
+MODEL.SEM_SEG_HEAD.DEFORMABLE_CHECKPOINT True`` (KEY VALUE pairs after the options, as in
+train_net.py; ``--opts KEY VALUE ...`` is accepted as an alias).
 """
 import argparse
 import json
@@ -38,6 +39,7 @@ from detectron2.modeling import build_model
 from tabulate import tabulate
 
 import dearli  # noqa: F401  (registers datasets, mappers and models)
+from dearli.cli import add_override_arguments, parse_tool_args
 from dearli.config import load_config
 from dearli.data.sampling import build_train_loader
 from dearli.engine.hooks import PseudoLabelTelemetry, peak_memory_mb
@@ -47,22 +49,24 @@ from dearli.engine.teacher import MeanTeacher
 from dearli.engine.trainer import DEARLiTrainer
 from dearli.modeling.checkpoint import DEARLiCheckpointer
 from dearli.utils.atomic_io import atomic_write
+from dearli.utils.threads import setup_threads
 
 TASKS = ("train", "infer", "teacher")
 
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1],
+                                     epilog="\n".join(__doc__.split("\n")[2:]),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True, metavar="FILE")
-    parser.add_argument("--task", required=True, choices=TASKS)
-    parser.add_argument("--iters", type=int, required=True, help="timed iterations")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default 2)")
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="config (YAML) of the model to time")
+    parser.add_argument("--task", required=True, choices=TASKS,
+                        help="train: full training iterations; infer: the predictor on DATASETS.TEST[0] "
+                             "images; teacher: pseudo-labelling of unlabeled batches")
+    parser.add_argument("--iters", type=int, required=True, metavar="N", help="timed iterations")
+    parser.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed iterations first (default 2)")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="overrides MODEL.DEVICE")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
-    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
-                        help="config overrides")
+    add_override_arguments(parser)
     return parser
 
 
@@ -256,11 +260,10 @@ def format_table(result: Dict) -> str:
 
 def main(argv=None) -> Dict:
     parser = get_parser()
-    args = parser.parse_args(argv)
+    args = parse_tool_args(parser, argv)
     if args.iters < 1 or args.warmup < 0:
         parser.error(f"--iters must be >= 1 and --warmup >= 0, got {args.iters} and {args.warmup}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    setup_threads(args.threads)
     try:
         cfg = setup_cfg(args)
     except ValueError as e:

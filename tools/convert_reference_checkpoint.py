@@ -11,7 +11,8 @@ comes from MODEL.OPEN_CLIP.PRETRAINED) and checks that every remaining key has a
 
 With --config-file the converted weights are also loaded into the model that config builds (random
 CLIP weights unless MODEL.OPEN_CLIP.PRETRAINED is reachable), printing the per-module load report,
-and the command fails when a trainable parameter is missing.
+and the command fails when a trainable parameter is missing. Trailing KEY VALUE pairs override
+that config, as in train_net.py.
 """
 import argparse
 import logging
@@ -22,6 +23,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
 import dearli  # noqa: F401  (registers datasets and model components)
+from dearli.cli import add_override_arguments, parse_tool_args
 from dearli.config import load_config
 from dearli.modeling.checkpoint import (
     DEARLiCheckpointer,
@@ -29,6 +31,7 @@ from dearli.modeling.checkpoint import (
     convert_reference_state_dict,
     trainable_keys_missing_from,
 )
+from dearli.utils.threads import setup_threads
 
 logger = logging.getLogger("dearli.convert_reference_checkpoint")
 
@@ -43,7 +46,8 @@ def parse_args(argv=None):
         "--allow-pickle", action="store_true",
         help="unpickle arbitrary objects (only for files you trust; default: tensors and containers only)",
     )
-    return parser.parse_args(argv)
+    add_override_arguments(parser)
+    return parse_tool_args(parser, argv)
 
 
 def load_reference_state_dict(path: str, allow_pickle: bool = False):
@@ -63,9 +67,10 @@ def load_reference_state_dict(path: str, allow_pickle: bool = False):
     return state_dict
 
 
-def check_against_config(config_file: str, checkpoint_path: str) -> None:
-    """Load ``checkpoint_path`` into the model of ``config_file``; fail on missing trainable keys."""
-    cfg = load_config(config_file, ["MODEL.DEVICE", "cpu"])
+def check_against_config(config_file: str, checkpoint_path: str, opts=()) -> None:
+    """Load ``checkpoint_path`` into the model of ``config_file`` (+ KEY VALUE ``opts``); fail on
+    missing trainable keys."""
+    cfg = load_config(config_file, list(opts) + ["MODEL.DEVICE", "cpu"])
     model = build_model(cfg)
     checkpointer = DEARLiCheckpointer(model)
     checkpointer.load(checkpoint_path)
@@ -78,13 +83,16 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     setup_logger(name="dearli")
     setup_logger(name="dearli.convert_reference_checkpoint")
+    setup_threads(args.threads)
+    if args.opts and not args.config_file:
+        raise SystemExit(f"config overrides {' '.join(args.opts)} need --config-file")
     state_dict = load_reference_state_dict(args.input, args.allow_pickle)
     converted, dropped = convert_reference_state_dict(state_dict, keep_clip=args.keep_clip)
     with atomic_write(args.output) as f:
         torch.save({"model": converted, "__author__": f"converted from {args.input}"}, f)
     logger.info(f"wrote {len(converted)} tensors to {args.output}; dropped {len(dropped)} ({sorted(set(k.split('.')[0] for k in dropped))})")
     if args.config_file:
-        check_against_config(args.config_file, args.output)
+        check_against_config(args.config_file, args.output, args.opts)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 """Run a trained DEARLi model on images and write overlays with class names.
 
     python tools/demo.py --config-file configs/ade20k/dearli_convnext_base_1_128.yaml \
-        --input a.jpg b.jpg --output out/demo [--json] --opts MODEL.WEIGHTS model_final.pth
+        --input a.jpg b.jpg --output out/demo [--json] [--threads N] MODEL.WEIGHTS model_final.pth
+
+Config overrides are trailing KEY VALUE pairs, as in train_net.py (``--opts KEY VALUE ...`` is
+accepted as an alias).
 
 For each input ``<dir>/<name>.<ext>`` it writes ``<output>/<name>_panoptic.png`` and
 ``<output>/<name>_semantic.png`` (the image overlaid with segments labelled by class name) and, with
@@ -27,29 +30,36 @@ from detectron2.utils.logger import setup_logger
 from PIL import Image
 
 import dearli  # noqa: F401  (registers datasets and models)
+from dearli.cli import add_override_arguments, parse_tool_args
 from dearli.config import load_config
 from dearli.engine.predictor import DEARLiPredictor, check_stuff_names, normalise_class_list
 from dearli.engine.visualization import draw_panoptic, draw_semantic, named_segments
 from dearli.utils.atomic_io import atomic_write
+from dearli.utils.threads import setup_threads
 
 logger = logging.getLogger("dearli.demo")
 
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1],
+                                     epilog="\n".join(__doc__.split("\n")[2:]),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="model config (YAML)")
-    parser.add_argument("--input", nargs="+", required=True, metavar="IMG", help="input images")
-    parser.add_argument("--output", required=True, metavar="DIR", help="folder for the overlays")
+    parser.add_argument("--config-file", required=True, metavar="FILE",
+                        help="model config (YAML); MODEL.WEIGHTS names the trained checkpoint")
+    parser.add_argument("--input", nargs="+", required=True, metavar="IMG",
+                        help="input images (any format PIL reads); unreadable ones are reported and skipped")
+    parser.add_argument("--output", required=True, metavar="DIR",
+                        help="folder for <name>_panoptic.png, <name>_semantic.png (created if missing)")
     vocabulary = parser.add_mutually_exclusive_group()
-    vocabulary.add_argument("--classes", metavar="NAMES", help='comma-separated class names, "a,b,c"')
+    vocabulary.add_argument("--classes", metavar="NAMES",
+                            help='comma-separated class names replacing the model\'s classes, "a,b,c"')
     vocabulary.add_argument("--class-file", metavar="FILE",
-                            help="one class per line, synonyms separated by commas")
+                            help="one class per line, synonyms separated by commas, # comments")
     parser.add_argument("--stuff", default="", metavar="NAMES",
-                        help="comma-separated names of the given classes that are stuff")
-    parser.add_argument("--json", action="store_true", help="also write <name>_segments.json")
-    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
-                        help="config overrides, e.g. MODEL.WEIGHTS model.pth MODEL.DEVICE cpu")
+                        help="comma-separated names of the given classes that are stuff (merged per class)")
+    parser.add_argument("--json", action="store_true",
+                        help="also write <name>_segments.json (id, class, score, area of each segment)")
+    add_override_arguments(parser)
     return parser
 
 
@@ -159,12 +169,13 @@ def main(argv=None) -> int:
     """Exit code 0 when every input was processed, 1 when some could not be read, 2 on bad
     arguments (argparse's convention)."""
     parser = get_parser()
-    args = parser.parse_args(argv)
+    args = parse_tool_args(parser, argv)
     try:  # argument errors are reported before the (slow) model build
         stems, classes = output_stems(args.input), requested_classes(args)
     except ValueError as e:
         parser.error(str(e))
     setup_logger(name="dearli")
+    setup_threads(args.threads)
     failed = run(args, stems, classes)
     if failed:
         print(f"error: {len(failed)} of {len(args.input)} inputs could not be read: {', '.join(failed)}",

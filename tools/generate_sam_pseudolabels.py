@@ -13,6 +13,8 @@ thresh_0.95/`` (printed at the end; that is the folder for ``SAM.LABEL_DIR``). O
 ``--images <folder or list file>``; ``--shard i/n`` splits the work across machines;
 ``--benchmark`` only measures images/second; ``--oracle`` writes a panoptic dataset's ground-truth
 segments (without classes) instead of SAM masks: an ORACLE proposal source for the CPU demo.
+Trailing KEY VALUE pairs override the config's SAM.* defaults (e.g. ``SAM.POINTS_PER_SIDE 16``);
+``--threads`` sets the CPU threads of each process (default: free cores / processes).
 """
 import argparse
 import json
@@ -23,15 +25,16 @@ import sys
 from pathlib import Path
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.utils.logger import setup_logger
 
 import dearli  # noqa: F401  (registers the datasets)
-from dearli.config import add_dearli_config
+from dearli.cli import add_override_arguments, parse_tool_args, split_overrides
+from dearli.config import load_config
 from dearli.data import sam_oracle
 from dearli.data.sam_format import SamLabelError, ensure_meta
 from dearli.sam.generator import GeneratorSettings, SamCheckpointError, SamMaskGenerator, build_sam, file_sha256
 from dearli.sam.pipeline import RunSummary, benchmark, collect_images, generate_labels, parse_shard, shard, summary_path
+from dearli.utils.threads import setup_threads
 
 logger = logging.getLogger("dearli.generate_sam_pseudolabels")
 # segment_anything model types that must not run with random weights unless asked to.
@@ -64,15 +67,13 @@ def parse_args(argv=None):
     run.add_argument("--no-progress", action="store_true")
     run.add_argument("--progress-position", type=int, default=0, help=argparse.SUPPRESS)
     run.add_argument("--stop-after", type=int, help="debug: exit like a crash after k new records")
-    return p.parse_args(argv)
+    add_override_arguments(p)
+    return parse_tool_args(p, argv)
 
 
 def resolve_sam_options(args):
     """(model_type, checkpoint, GeneratorSettings): CLI values over the config's SAM.* values."""
-    cfg = get_cfg()
-    add_dearli_config(cfg)
-    if args.config_file:
-        cfg.merge_from_file(args.config_file)
+    cfg = load_config(args.config_file, args.opts)
     defaults = GeneratorSettings.from_config(cfg)
     settings = GeneratorSettings(
         points_per_side=args.points_per_side or defaults.points_per_side,
@@ -132,9 +133,11 @@ def spawn_per_gpu(args, argv, shard_index, shard_count):
     """One child per GPU on sub-shard (shard_index * N + k) / (shard_count * N); returns their label dir."""
     n = args.num_gpus
     children = []
+    options, overrides = split_overrides(argv)  # the children's options go before the KEY VALUE pairs
     for k in range(n):
-        child_argv = _without_options(argv, {"--num-gpus", "--shard", "--progress-position"})
+        child_argv = _without_options(options, {"--num-gpus", "--shard", "--progress-position"})
         child_argv += ["--shard", f"{shard_index * n + k}/{shard_count * n}", "--progress-position", str(k)]
+        child_argv += overrides
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(k))
         children.append(subprocess.Popen([sys.executable, __file__, *child_argv], env=env))
     codes = [child.wait() for child in children]
@@ -171,6 +174,7 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     setup_logger(name="dearli")
+    setup_threads(args.threads, processes=args.num_gpus if args.num_gpus > 1 and not args.benchmark else 1)
     try:
         _run(args, argv)
     except (SamCheckpointError, SamLabelError, FileNotFoundError, KeyError, ValueError) as e:

@@ -1,12 +1,14 @@
 #!/usr/bin/env python
 """Train or evaluate DEARLi (semi-supervised, DEAR, or the supervised-only baseline).
 
-    python tools/train_net.py --config-file CFG [--num-gpus N] [--resume] [--eval-only] [--eval-teacher] [KEY VALUE ...]
+    python tools/train_net.py --config-file CFG [--num-gpus N] [--resume] [--eval-only] [--eval-teacher] \
+        [--threads T] [KEY VALUE ...]
 
 With MODEL.DEVICE cpu, ``--num-gpus N`` starts N CPU processes joined by gloo; otherwise N GPU
 processes with NCCL (Detectron2's launcher). ``--eval-only`` evaluates the student of
 MODEL.WEIGHTS (or of the last checkpoint with ``--resume``); ``--eval-teacher`` also evaluates the
-EMA teacher stored in that training checkpoint.
+EMA teacher stored in that training checkpoint. ``--threads`` sets the CPU threads of each
+process (default: the free cores divided among the ``--num-gpus`` processes; dearli/utils/threads.py).
 """
 import logging
 import os
@@ -17,12 +19,14 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 import dearli  # noqa: F401  (registers datasets and models)
+from dearli.cli import add_override_arguments, parse_tool_args
 from dearli.config import load_config
 from dearli.engine.teacher import MeanTeacher, read_teacher_state
 from dearli.engine.launch import launch
 from dearli.engine.state import TrainingCheckpointer
 from dearli.engine.trainer import DEARLiTrainer
 from dearli.utils.atomic_io import atomic_write
+from dearli.utils.threads import apply_threads, setup_threads
 
 logger = logging.getLogger("dearli.train_net")
 
@@ -66,6 +70,8 @@ def evaluate(cfg, args):
 
 
 def main(args):
+    if args.threads is not None:  # resolved by cli() in the launching process; each worker applies it
+        apply_threads(args.threads)
     cfg = config_of(args)
     setup(cfg, args)
     if args.eval_only:
@@ -79,7 +85,8 @@ def parse_args(argv=None):
     parser = default_argument_parser()
     parser.add_argument("--eval-teacher", action="store_true",
                         help="with --eval-only: also evaluate the EMA teacher of the training checkpoint")
-    args = parser.parse_args(argv)
+    add_override_arguments(parser)  # --threads, and --opts as an alias of the trailing KEY VALUE pairs
+    args = parse_tool_args(parser, argv)
     if args.eval_teacher and not args.eval_only:
         parser.error("--eval-teacher needs --eval-only (training evaluates the teacher by MODEL.TEACHER.EVALUATE)")
     return args
@@ -88,6 +95,7 @@ def parse_args(argv=None):
 def cli(argv=None):
     args = parse_args(argv)
     device = config_of(args).MODEL.DEVICE
+    args.threads = setup_threads(args.threads, processes=args.num_gpus)
     logger.info("Command line arguments: %s", args)
     return launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                   dist_url=args.dist_url, args=(args,), device=device)

@@ -13,7 +13,8 @@ Sources:
 
 ``--dataset`` replaces DATASETS.TRAIN (labeled), DATASETS.TRAIN_UNLABELED (unlabeled) or picks the
 dataset to draw (dataset; default DATASETS.TEST[0]). Files: ``<output>/<source>_<index>.png``, each
-panel scaled by ``--scale``. Trailing KEY VALUE pairs override the config, as in train_net.py.
+panel scaled by ``--scale``. Trailing KEY VALUE pairs override the config, as in train_net.py
+(``--opts KEY VALUE ...`` is accepted as an alias); ``--threads`` sets the CPU threads.
 """
 import argparse
 import os
@@ -26,10 +27,12 @@ from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
 import dearli  # noqa: F401  (registers datasets, mappers and models)
+from dearli.cli import add_override_arguments, parse_tool_args
 from dearli.config import load_config
 from dearli.data.sampling import build_train_batches
 from dearli.engine.pseudo_labels import cutmix_image
 from dearli.engine.visualization import drawing_metadata, draw_panoptic
+from dearli.utils.threads import setup_threads
 
 PANEL_GAP = 4  # white pixels between panels
 
@@ -42,8 +45,8 @@ def parse_args(argv=None):
     parser.add_argument("--dataset", default="", help="dataset name replacing the config's (see above)")
     parser.add_argument("--source", choices=("labeled", "unlabeled", "dataset"), default="labeled")
     parser.add_argument("--scale", type=float, default=4.0, help="upscaling of each panel (small crops)")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
-    return parser.parse_args(argv)
+    add_override_arguments(parser)
+    return parse_tool_args(parser, argv)
 
 
 def setup_cfg(args):
@@ -138,6 +141,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.num < 1:
         raise SystemExit(f"--num must be at least 1, got {args.num}")
+    setup_threads(args.threads)
     cfg = setup_cfg(args)
     os.makedirs(args.output, exist_ok=True)
     images = render(cfg, args)
