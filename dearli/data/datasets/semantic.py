@@ -65,6 +65,7 @@ class SemanticSource:
     cache_dir: str
     image_ext: str = ".jpg"
     label_ext: str = ".png"
+    missing_hint: str = ""  # appended to "label folder ... not found" (e.g. which variable to set)
 
     @property
     def paths(self):
@@ -78,7 +79,7 @@ class SemanticSource:
     def stems(self):
         """Sorted stems of the label files; each must have an image."""
         if not os.path.isdir(self.label_dir):
-            raise FileNotFoundError(f"label folder {self.label_dir} not found")
+            raise FileNotFoundError(f"label folder {self.label_dir} not found{self.missing_hint}")
         stems = sorted(os.path.splitext(f)[0] for f in os.listdir(self.label_dir)
                        if f.endswith(self.label_ext))
         if not stems:
@@ -174,7 +175,7 @@ def semantic_metadata(source, colors=None, prompt_file=None):
 
 def register_semantic_dataset(name, image_dir, label_dir, class_names, ignore_label, *,
                               colors=None, image_ext=".jpg", label_ext=".png", cache_dir=None,
-                              prompt_file=None):
+                              prompt_file=None, missing_hint=""):
     """Register a semantic-only dataset ``name`` (lazy; see the module docstring).
 
     ``ignore_label``: the label value that means "ignore" in the files (mapped to 255).
@@ -182,7 +183,7 @@ def register_semantic_dataset(name, image_dir, label_dir, class_names, ignore_la
     """
     source = SemanticSource(image_dir, label_dir, tuple(class_names), int(ignore_label),
                             cache_dir or os.path.join(dataset_cache_root(), "semantic", name),
-                            image_ext, label_ext)
+                            image_ext, label_ext, missing_hint)
     category_metadata, metadata = semantic_metadata(source, colors, prompt_file)
     register_dataset(name, lambda: source.load(category_metadata), metadata)
     return source
@@ -219,12 +220,14 @@ def camvid_root(datasets_root):
 def register_camvid(root, cache_root=None):
     """Register ``camvid_train``, ``camvid_val`` and the 1/8 split from CamVid folder ``root``."""
     cache_root = cache_root or dataset_cache_root()
+    hint = ("; set DEARLI_CAMVID to the CamVid folder (layout {train,val}/images/*.jpg and "
+            "{train,val}/labels/*.png) or place it at $DETECTRON2_DATASETS/camvid")
     sources = {}
     for subset in ("train", "val"):
         name = f"camvid_{subset}"
         sources[subset] = register_semantic_dataset(
             name, os.path.join(root, subset, "images"), os.path.join(root, subset, "labels"),
             CAMVID_CLASSES, CAMVID_IGNORE_VALUE, colors=CAMVID_COLORS,
-            cache_dir=os.path.join(cache_root, "semantic", name))
+            cache_dir=os.path.join(cache_root, "semantic", name), missing_hint=hint)
     register_semantic_split("camvid_train_1_8", sources["train"], CAMVID_LABELED_FRACTION,
                             CAMVID_SPLIT_SEED, colors=CAMVID_COLORS)

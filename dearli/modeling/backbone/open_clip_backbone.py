@@ -86,9 +86,31 @@ def resolve_pretrained_file_once_per_node(model_name, pretrained):
     return path
 
 
+# OpenCLIP warns on the root logger for every random model; dearli says it once (INFO), by config key.
+_OPEN_CLIP_RANDOM_WARNING = "No pretrained weights loaded for model"
+_random_models_reported = set()
+
+
+class _DropRandomWeightsWarning(logging.Filter):
+    def filter(self, record):
+        return not record.getMessage().startswith(_OPEN_CLIP_RANDOM_WARNING)
+
+
+def report_random_clip(model_name):
+    """One INFO line per process and model: a random CLIP is expected in the tiny CPU configs and in
+    tests, and wrong anywhere CLIP recognition matters, so the line names the key to set."""
+    if model_name in _random_models_reported:
+        return
+    _random_models_reported.add(model_name)
+    logger.info(f"MODEL.OPEN_CLIP.PRETRAINED is empty: OpenCLIP {model_name} has random weights (fine for "
+                "the tiny CPU configs; set it to a weight file or tag for real training or inference).")
+
+
 def build_clip_model(model_name, weights_file=None):
     """The OpenCLIP model, random or with the weights of a local file (loaded strictly by open_clip:
     safetensors, or torch.load with weights_only=True)."""
+    quiet = _DropRandomWeightsWarning()
+    logging.getLogger().addFilter(quiet)
     try:
         clip_model = open_clip.create_model(model_name, pretrained=weights_file)
     except Exception as e:
@@ -98,8 +120,12 @@ def build_clip_model(model_name, weights_file=None):
             f"MODEL.OPEN_CLIP.PRETRAINED: could not load {weights_file!r} into OpenCLIP model "
             f"{model_name}: {e}"
         ) from e
+    finally:
+        logging.getLogger().removeFilter(quiet)
     if weights_file:
         logger.info(f"Loaded OpenCLIP weights for {model_name} from {weights_file}.")
+    else:
+        report_random_clip(model_name)
     return clip_model
 
 
