@@ -80,7 +80,7 @@ def _looks_numeric(token: str) -> bool:
         return False
 
 
-def add_override_arguments(parser: argparse.ArgumentParser, overrides: bool = True) -> None:
+def add_tool_arguments(parser: argparse.ArgumentParser, overrides: bool = True) -> None:
     """``--threads`` and (unless ``overrides`` is False) the trailing KEY VALUE pairs with their
     ``--opts`` alias. A parser from Detectron2's default_argument_parser keeps its ``opts``."""
     parser.add_argument("--threads", type=int, metavar="N",

@@ -1,8 +1,10 @@
 """Where config overrides start on a command line (dearli/cli.py); the per-tool behaviour is in
 tests/tools/test_tool_arguments.py."""
+import argparse
+
 import pytest
 
-from dearli.cli import check_overrides, is_config_key, split_overrides
+from dearli.cli import add_tool_arguments, check_overrides, is_config_key, parse_tool_args, split_overrides
 
 
 @pytest.mark.parametrize("token, expected", [
@@ -31,3 +33,27 @@ def test_split_at_opts_or_the_first_key(argv, expected):
 ])
 def test_well_formed_pairs_pass(overrides):
     check_overrides(overrides)
+
+
+def tool_parser():
+    parser = argparse.ArgumentParser(prog="tool")
+    parser.add_argument("--input", nargs="+")
+    add_tool_arguments(parser)
+    return parser
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--threads", "0"], "--threads must be >= 1, got 0"),
+    (["--bogus", "SEED", "1"], "unrecognized arguments: --bogus"),
+])
+def test_bad_tool_arguments_exit_with_the_reason(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_tool_args(tool_parser(), argv)
+    assert exit_info.value.code == 2
+    assert f"tool: error: {message}" in capsys.readouterr().err
+
+
+def test_leftover_words_are_reported_as_overrides(capsys):
+    with pytest.raises(SystemExit):
+        parse_tool_args(tool_parser(), ["--threads", "1", "model.weights", "m.pth"])
+    assert "expected a config KEY but got 'model.weights'" in capsys.readouterr().err

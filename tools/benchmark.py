@@ -39,7 +39,7 @@ from detectron2.modeling import build_model
 from tabulate import tabulate
 
 import dearli  # noqa: F401  (registers datasets, mappers and models)
-from dearli.cli import add_override_arguments, parse_tool_args
+from dearli.cli import add_tool_arguments, parse_tool_args
 from dearli.config import load_config
 from dearli.data.sampling import build_train_loader
 from dearli.engine.hooks import PseudoLabelTelemetry, peak_memory_mb
@@ -66,7 +66,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed iterations first (default 2)")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="overrides MODEL.DEVICE")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
-    add_override_arguments(parser)
+    add_tool_arguments(parser)
     return parser
 
 

@@ -23,7 +23,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
 import dearli  # noqa: F401  (registers datasets and model components)
-from dearli.cli import add_override_arguments, parse_tool_args
+from dearli.cli import add_tool_arguments, parse_tool_args
 from dearli.config import load_config
 from dearli.modeling.checkpoint import (
     DEARLiCheckpointer,
@@ -46,7 +46,7 @@ def parse_args(argv=None):
         "--allow-pickle", action="store_true",
         help="unpickle arbitrary objects (only for files you trust; default: tensors and containers only)",
     )
-    add_override_arguments(parser)
+    add_tool_arguments(parser)
     return parse_tool_args(parser, argv)
 
 

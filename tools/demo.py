@@ -30,7 +30,7 @@ from detectron2.utils.logger import setup_logger
 from PIL import Image
 
 import dearli  # noqa: F401  (registers datasets and models)
-from dearli.cli import add_override_arguments, parse_tool_args
+from dearli.cli import add_tool_arguments, parse_tool_args
 from dearli.config import load_config
 from dearli.engine.predictor import DEARLiPredictor, check_stuff_names, normalise_class_list
 from dearli.engine.visualization import draw_panoptic, draw_semantic, named_segments
@@ -59,7 +59,7 @@ def get_parser() -> argparse.ArgumentParser:
                         help="comma-separated names of the given classes that are stuff (merged per class)")
     parser.add_argument("--json", action="store_true",
                         help="also write <name>_segments.json (id, class, score, area of each segment)")
-    add_override_arguments(parser)
+    add_tool_arguments(parser)
     return parser
 
 

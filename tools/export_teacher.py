@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from dearli.cli import add_override_arguments, parse_tool_args
+from dearli.cli import add_tool_arguments, parse_tool_args
 from dearli.engine.teacher import read_teacher_state
 from dearli.utils.atomic_io import atomic_write
 from dearli.utils.threads import setup_threads
@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="training checkpoint written by DEARLiTrainer (model_*.pth)")
     parser.add_argument("output", help="where to write the teacher checkpoint (.pth)")
-    add_override_arguments(parser, overrides=False)  # no config here: --threads only
+    add_tool_arguments(parser, overrides=False)  # no config here: --threads only
     args = parse_tool_args(parser, argv)
     setup_threads(args.threads)
     count = export_teacher(args.checkpoint, args.output)

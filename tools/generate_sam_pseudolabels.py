@@ -28,7 +28,7 @@ import torch
 from detectron2.utils.logger import setup_logger
 
 import dearli  # noqa: F401  (registers the datasets)
-from dearli.cli import add_override_arguments, parse_tool_args, split_overrides
+from dearli.cli import add_tool_arguments, parse_tool_args, split_overrides
 from dearli.config import load_config
 from dearli.data import sam_oracle
 from dearli.data.sam_format import SamLabelError, ensure_meta
@@ -67,7 +67,7 @@ def parse_args(argv=None):
     run.add_argument("--no-progress", action="store_true")
     run.add_argument("--progress-position", type=int, default=0, help=argparse.SUPPRESS)
     run.add_argument("--stop-after", type=int, help="debug: exit like a crash after k new records")
-    add_override_arguments(p)
+    add_tool_arguments(p)
     return parse_tool_args(p, argv)
 
 

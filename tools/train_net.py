@@ -19,7 +19,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 import dearli  # noqa: F401  (registers datasets and models)
-from dearli.cli import add_override_arguments, parse_tool_args
+from dearli.cli import add_tool_arguments, parse_tool_args
 from dearli.config import load_config
 from dearli.engine.teacher import MeanTeacher, read_teacher_state
 from dearli.engine.launch import launch
@@ -85,7 +85,7 @@ def parse_args(argv=None):
     parser = default_argument_parser()
     parser.add_argument("--eval-teacher", action="store_true",
                         help="with --eval-only: also evaluate the EMA teacher of the training checkpoint")
-    add_override_arguments(parser)  # --threads, and --opts as an alias of the trailing KEY VALUE pairs
+    add_tool_arguments(parser)  # --threads, and --opts as an alias of the trailing KEY VALUE pairs
     args = parse_tool_args(parser, argv)
     if args.eval_teacher and not args.eval_only:
         parser.error("--eval-teacher needs --eval-only (training evaluates the teacher by MODEL.TEACHER.EVALUATE)")

@@ -27,7 +27,7 @@ from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
 import dearli  # noqa: F401  (registers datasets, mappers and models)
-from dearli.cli import add_override_arguments, parse_tool_args
+from dearli.cli import add_tool_arguments, parse_tool_args
 from dearli.config import load_config
 from dearli.data.sampling import build_train_batches
 from dearli.engine.pseudo_labels import cutmix_image
@@ -45,7 +45,7 @@ def parse_args(argv=None):
     parser.add_argument("--dataset", default="", help="dataset name replacing the config's (see above)")
     parser.add_argument("--source", choices=("labeled", "unlabeled", "dataset"), default="labeled")
     parser.add_argument("--scale", type=float, default=4.0, help="upscaling of each panel (small crops)")
-    add_override_arguments(parser)
+    add_tool_arguments(parser)
     return parse_tool_args(parser, argv)
 
 
