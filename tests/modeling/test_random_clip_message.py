@@ -23,4 +23,6 @@ def test_other_root_warnings_still_pass_after_a_build(caplog):
     build_clip_model(TINY)
     with caplog.at_level(logging.WARNING):
         logging.warning("No pretrained weights loaded for model 'x'. Model initialized randomly.")
-    assert len(caplog.records) == 1  # the filter is removed once the build is over
+    # The filter is removed once the build is over: the same warning from elsewhere still shows.
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "No pretrained weights loaded for model 'x'. Model initialized randomly."]
