@@ -4,6 +4,7 @@ are clear errors, and --threads is applied to torch and exported for child proce
 Each tool's main entry point runs with its heavy part replaced by a recorder, so what is tested is
 the tool's own argument handling up to the point where the work would start.
 """
+import argparse
 import os
 from types import SimpleNamespace
 
@@ -135,3 +136,15 @@ def test_export_teacher_takes_threads_and_no_overrides(monkeypatch, tmp_path, ca
     with pytest.raises(SystemExit):
         tool.main(["ckpt.pth", "out.pth", "SEED", "7"])
     assert "unrecognized arguments: SEED 7" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tool", ["demo", "benchmark"])
+def test_help_describes_every_option(tool, capsys):
+    parser = load_tool(tool).get_parser()
+    undescribed = [action.option_strings or action.dest for action in parser._actions
+                   if not action.help or action.help == argparse.SUPPRESS]
+    assert undescribed == []
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    help_text = capsys.readouterr().out
+    assert "--threads N" in help_text and "KEY VALUE" in help_text and "--opts" in help_text
