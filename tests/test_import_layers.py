@@ -1,9 +1,9 @@
 """The package's import order: a module never imports from a higher layer (read with ast, not run).
 
-Layers, lowest first (the README's "Package layers"): utils and config (0: helpers and the config
-keys every layer reads), data (1), evaluation (2: scores predictions against the data's ground
-truth, never needs the model), modeling (3), sam (4), engine (5), tools (6: scripts outside the
-package). The package root ``dearli/__init__.py`` imports data and modeling to register them and is
+Layers, lowest first (the README's "Package layers"): utils, config and cli (0: helpers, the
+config keys every layer reads, the tools' command-line rules), data (1), evaluation (2: scores
+predictions against the data's ground truth, never needs the model), modeling (3), sam (4),
+engine (5), tools (6: scripts outside the package). The package root ``dearli/__init__.py`` imports data and modeling to register them and is
 not part of any layer.
 """
 import ast
@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "dearli"
-LAYERS = {"utils": 0, "config": 0, "data": 1, "evaluation": 2, "modeling": 3, "sam": 4, "engine": 5, "tools": 6}
+LAYERS = {"utils": 0, "config": 0, "cli": 0, "data": 1, "evaluation": 2, "modeling": 3, "sam": 4, "engine": 5,
+          "tools": 6}
 
 
 def module_name(path: Path, root: Path) -> str:
