@@ -7,8 +7,10 @@
 With MODEL.DEVICE cpu, ``--num-gpus N`` starts N CPU processes joined by gloo; otherwise N GPU
 processes with NCCL (Detectron2's launcher). ``--eval-only`` evaluates the student of
 MODEL.WEIGHTS (or of the last checkpoint with ``--resume``); ``--eval-teacher`` also evaluates the
-EMA teacher stored in that training checkpoint. ``--threads`` sets the CPU threads of each
-process (default: the free cores divided among the ``--num-gpus`` processes; dearli/utils/threads.py).
+EMA teacher stored in that training checkpoint (checked before anything is evaluated). Results are
+logged under "student" / "teacher" and written to OUTPUT_DIR/eval_results.json. ``--threads`` sets
+the CPU threads of each process (default: the free cores divided among the ``--num-gpus``
+processes; dearli/utils/threads.py).
 """
 import logging
 import os
@@ -25,10 +27,12 @@ from dearli.engine.teacher import MeanTeacher, read_teacher_state
 from dearli.engine.launch import launch
 from dearli.engine.state import TrainingCheckpointer
 from dearli.engine.trainer import DEARLiTrainer
-from dearli.utils.atomic_io import atomic_write
+from dearli.utils.atomic_io import atomic_write, atomic_write_json
 from dearli.utils.threads import apply_threads, setup_threads
 
 logger = logging.getLogger("dearli.train_net")
+# Written by --eval-only into OUTPUT_DIR.
+RESULTS_FILE = "eval_results.json"
 
 
 def config_of(args):
@@ -55,17 +59,60 @@ def setup(cfg, args) -> None:
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
 
 
+def evaluated_checkpoint(cfg, args, checkpointer) -> str:
+    """The file --eval-only loads: the last checkpoint with --resume (if any), else MODEL.WEIGHTS."""
+    if args.resume and checkpointer.has_checkpoint():
+        return checkpointer.get_checkpoint_file()
+    return cfg.MODEL.WEIGHTS
+
+
+def teacher_state_of(path: str):
+    """The EMA teacher stored in ``path``, or SystemExit saying why there is none to evaluate."""
+    if not path:
+        raise SystemExit("--eval-teacher: no checkpoint to read the teacher from (MODEL.WEIGHTS is empty "
+                         "and there is no last checkpoint to --resume)")
+    if not os.path.isfile(path):
+        raise SystemExit(f"--eval-teacher: checkpoint {path} does not exist")
+    try:
+        return read_teacher_state(path)
+    except KeyError as error:
+        raise SystemExit(f"--eval-teacher: {error.args[0]}. An exported teacher (tools/export_teacher.py) "
+                         "is evaluated as MODEL.WEIGHTS without --eval-teacher.") from error
+
+
+def write_results(cfg, checkpoint: str, results) -> str:
+    """OUTPUT_DIR/eval_results.json: {"checkpoint", "datasets", "results": {model: {dataset: metrics}}}."""
+    datasets = list(cfg.DATASETS.TEST)
+    by_model = {}
+    for model_name in ("student", "teacher"):
+        model_results = results if model_name == "student" else results.get("teacher")
+        if model_results is None:
+            continue
+        model_results = {k: v for k, v in model_results.items() if k != "teacher"}
+        by_model[model_name] = {datasets[0]: model_results} if len(datasets) == 1 else model_results
+    path = os.path.join(cfg.OUTPUT_DIR, RESULTS_FILE)
+    payload = {"checkpoint": os.path.abspath(checkpoint) if checkpoint else "", "datasets": datasets,
+               "results": by_model}
+    atomic_write_json(path, payload, indent=1, default=float)
+    logger.info("Evaluation results written to %s", path)
+    return path
+
+
 def evaluate(cfg, args):
-    """Student (and, on request, teacher) results of a checkpoint."""
+    """Student (and, on request, teacher) results of a checkpoint; the teacher's presence is
+    checked before the (slow) student evaluation."""
     model = DEARLiTrainer.build_model(cfg)
     checkpointer = TrainingCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+    path = evaluated_checkpoint(cfg, args, checkpointer)
+    teacher_state = teacher_state_of(path) if args.eval_teacher else None
     checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-    results = DEARLiTrainer.test(cfg, model)
-    if args.eval_teacher:
-        path = checkpointer.get_checkpoint_file() if args.resume and checkpointer.has_checkpoint() else cfg.MODEL.WEIGHTS
+    results = DEARLiTrainer.test(cfg, model, model_name="student")
+    if teacher_state is not None:
         teacher = MeanTeacher(cfg, model)
-        teacher.load_state_dict(read_teacher_state(path))
-        results = dict(results, teacher=DEARLiTrainer.test(cfg, teacher.model))
+        teacher.load_state_dict(teacher_state)
+        results = dict(results, teacher=DEARLiTrainer.test(cfg, teacher.model, model_name="teacher"))
+    if comm.is_main_process() and cfg.OUTPUT_DIR:
+        write_results(cfg, path, results)
     return results
 
 

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, hooks
-from detectron2.evaluation import DatasetEvaluators, SemSegEvaluator
+from detectron2.evaluation import DatasetEvaluators, SemSegEvaluator, inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import setup_logger
@@ -212,10 +212,10 @@ class DEARLiTrainer(DefaultTrainer):
 
     def evaluate_student_and_teacher(self):
         """Student results at the top level (Detectron2 convention), the teacher's under "teacher"."""
-        results = self.test(self.cfg, self.model)
+        results = self.test(self.cfg, self.model, model_name="student")
         if self.cfg.MODEL.TEACHER.EVALUATE:
             results = OrderedDict(results)
-            results["teacher"] = self.test(self.cfg, self.teacher.model)
+            results["teacher"] = self.test(self.cfg, self.teacher.model, model_name="teacher")
         self._last_eval_results = results
         return results
 
@@ -226,6 +226,23 @@ class DEARLiTrainer(DefaultTrainer):
         same one."""
         seed_model_init(seed_of(cfg))
         return super().build_model(cfg)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None, model_name="student"):
+        """``DefaultTrainer.test`` with each dataset's results logged under ``model_name`` (student
+        and teacher results would otherwise carry identical headers). Returns the results of the one
+        dataset of DATASETS.TEST, or {dataset: results} for several (Detectron2's convention)."""
+        if evaluators is not None and len(evaluators) != len(cfg.DATASETS.TEST):
+            raise ValueError(f"{len(evaluators)} evaluators for {len(cfg.DATASETS.TEST)} DATASETS.TEST entries")
+        results = OrderedDict()
+        for index, dataset_name in enumerate(cfg.DATASETS.TEST):
+            evaluator = evaluators[index] if evaluators is not None else cls.build_evaluator(cfg, dataset_name)
+            logger.info("Evaluating the %s on %s", model_name, dataset_name)
+            results[dataset_name] = inference_on_dataset(model, cls.build_test_loader(cfg, dataset_name), evaluator)
+            if comm.is_main_process():
+                logger.info("Evaluation results of the %s on %s in csv format:", model_name, dataset_name)
+                print_csv_format(results[dataset_name])
+        return list(results.values())[0] if len(results) == 1 else results
 
     @classmethod
     def build_optimizer(cls, cfg, model):
