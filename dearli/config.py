@@ -189,6 +189,38 @@ def _add_input_config(cfg):
     # Root of the semi-supervised split lists (<root>/ade_splits/1_128/labeled.txt ...).
     # Empty = $DEARLI_SPLITS or $DETECTRON2_DATASETS/splits.
     cfg.DATASETS.SPLITS_ROOT = ""
+    _add_command_line_datasets(cfg)
+
+
+def _add_command_line_datasets(cfg):
+    # Datasets declared by config keys (so by KEY VALUE pairs on the command line, no Python):
+    # registered under their NAME when the trainer is built (dearli/data/datasets/from_config.py).
+    # Put the NAME into DATASETS.TRAIN / DATASETS.TEST to use them.
+    cfg.DATASETS.SAM_IMAGES = CN()
+    # Name of the SAM image set (warm-up training with the "sam_pseudo_label" mapper).
+    cfg.DATASETS.SAM_IMAGES.NAME = "sam_images"
+    # Image folder or list file: what was given to tools/generate_sam_pseudolabels.py --images.
+    # Empty = no such set.
+    cfg.DATASETS.SAM_IMAGES.IMAGES = ""
+    # The generator's --output folder (its one <model>/<settings> sub-folder is found), or that
+    # sub-folder itself (the one holding meta.json).
+    cfg.DATASETS.SAM_IMAGES.LABEL_DIR = ""
+
+    cfg.DATASETS.SEMANTIC_FOLDER = CN()
+    # Name of a semantic-only folder dataset (images + label PNGs; every class is stuff), for
+    # evaluation (mIoU, and PQ with all-stuff ground truth) or training.
+    cfg.DATASETS.SEMANTIC_FOLDER.NAME = "semantic_folder"
+    # Image folder and label-PNG folder: <IMAGES>/<stem><IMAGE_EXT> for each <LABELS>/<stem><LABEL_EXT>.
+    # Empty IMAGES = no such set.
+    cfg.DATASETS.SEMANTIC_FOLDER.IMAGES = ""
+    cfg.DATASETS.SEMANTIC_FOLDER.LABELS = ""
+    cfg.DATASETS.SEMANTIC_FOLDER.IMAGE_EXT = ".jpg"
+    cfg.DATASETS.SEMANTIC_FOLDER.LABEL_EXT = ".png"
+    # Class names, label value i = CLASSES[i]. Empty = the classes (and colours, synonyms) of the
+    # model's dataset DATASETS.TRAIN[0].
+    cfg.DATASETS.SEMANTIC_FOLDER.CLASSES = []
+    # Label value meaning "ignore" in the label PNGs (mapped to 255).
+    cfg.DATASETS.SEMANTIC_FOLDER.IGNORE_VALUE = 255
 
 
 def _add_ssl_config(cfg):

@@ -29,6 +29,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import setup_logger
 
+from ..data.datasets.from_config import register_config_datasets
 from ..data.sampling import build_train_loader, check_registered, check_unlabeled_data, seed_of
 from ..evaluation import build_panoptic_evaluator
 from . import optim
@@ -158,6 +159,7 @@ class DEARLiTrainer(DefaultTrainer):
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = self.auto_scale_workers(cfg, comm.get_world_size())
+        register_config_datasets(cfg)
         check_training_data(cfg)
         seed = seed_of(cfg)  # the data sampler's reading of SEED (SEED < 0 is a fixed seed too)
         model = self.build_model(cfg)
@@ -224,6 +226,7 @@ class DEARLiTrainer(DefaultTrainer):
         """The model, built from seeded generators: a random CLIP (tiny test / demo configs) is
         not stored in checkpoints, so every process and every later evaluation must build the
         same one."""
+        register_config_datasets(cfg)  # the model reads the classes of DATASETS.TRAIN[0]
         seed_model_init(seed_of(cfg))
         return super().build_model(cfg)
 
@@ -232,6 +235,7 @@ class DEARLiTrainer(DefaultTrainer):
         """``DefaultTrainer.test`` with each dataset's results logged under ``model_name`` (student
         and teacher results would otherwise carry identical headers). Returns the results of the one
         dataset of DATASETS.TEST, or {dataset: results} for several (Detectron2's convention)."""
+        register_config_datasets(cfg)
         if evaluators is not None and len(evaluators) != len(cfg.DATASETS.TEST):
             raise ValueError(f"{len(evaluators)} evaluators for {len(cfg.DATASETS.TEST)} DATASETS.TEST entries")
         results = OrderedDict()
