@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from dearli.data.datasets import shapes
+from dearli.engine.panels import PANEL_GAP, title_strip_height
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "visualize_data.py"
 SCALE = 2
@@ -44,19 +45,22 @@ def test_labeled_samples_are_drawn_as_crop_and_ground_truth(tool, config_file, t
     assert run(tool, config_file, tmp_path, "labeled", 3) == ["labeled_000.png", "labeled_001.png", "labeled_002.png"]
     for name in ("labeled_000.png", "labeled_001.png", "labeled_002.png"):
         image = Image.open(tmp_path / name)
-        # two 32x32 canvases side by side, scaled, with a gap
-        assert image.size == (2 * 32 * SCALE + tool.PANEL_GAP, 32 * SCALE) and image.mode == "RGB"
+        # two 32x32 canvases side by side, scaled, with a gap, each under its title
+        assert image.size == (2 * 32 * SCALE + PANEL_GAP, 32 * SCALE + title_strip_height(32 * SCALE))
+        assert image.mode == "RGB"
 
 
 def test_unlabeled_samples_show_weak_strong_partner_and_mix(tool, config_file, tmp_path):
     run(tool, config_file, tmp_path, "unlabeled", 2)
     for name in ("unlabeled_000.png", "unlabeled_001.png"):
         # CUTMIX_PROB 1: weak, strong, partner weak, partner strong, mixed student image
-        assert Image.open(tmp_path / name).size == (5 * 32 * SCALE + 4 * tool.PANEL_GAP, 32 * SCALE)
+        assert Image.open(tmp_path / name).size == (5 * 32 * SCALE + 4 * PANEL_GAP,
+                                                    32 * SCALE + title_strip_height(32 * SCALE))
 
 
 def test_dataset_entries_are_drawn_at_their_original_size(tool, config_file, tmp_path):
     run(tool, config_file, tmp_path, "dataset", 5, "--dataset", "t_vis_val")
     written = sorted(p.name for p in tmp_path.iterdir())
     assert written == ["dataset_000.png", "dataset_001.png"]  # only 2 images in the split
-    assert Image.open(tmp_path / written[0]).size == (2 * 40 * SCALE + tool.PANEL_GAP, 40 * SCALE)
+    assert Image.open(tmp_path / written[0]).size == (2 * 40 * SCALE + PANEL_GAP,
+                                                      40 * SCALE + title_strip_height(40 * SCALE))

@@ -31,6 +31,7 @@ from tabulate import tabulate
 from dearli.config import load_config
 from dearli.data import sampling, shapes  # noqa: F401  (shapes registers dearli_shapes_*)
 from dearli.engine.hooks import pseudo_label_panels
+from dearli.engine.panels import panel_row
 from dearli.engine.trainer import DEARLiTrainer
 from dearli.engine.visualization import draw_panoptic
 from dearli.modeling import meta_arch  # noqa: F401  (registers DEARLi)
@@ -142,7 +143,8 @@ def save_predictions(trainer, name, visuals_dir, count, scale):
                 large_image, large_seg = enlarge(image, seg, scale)
                 drawn.append(draw_panoptic(large_image, large_seg, segments, metadata))
             original = enlarge(image, np.zeros(image.shape[:2]), scale)[0]
-            save_png_atomic(np.concatenate([original] + drawn, axis=1), os.path.join(visuals_dir, f"{name}_val{k}.png"))
+            titles = ("val image", f"student ({name})", f"teacher ({name})")
+            save_png_atomic(panel_row([original] + drawn, titles), os.path.join(visuals_dir, f"{name}_val{k}.png"))
     for m, mode in zip(models, was_training):
         m.train(mode)
 

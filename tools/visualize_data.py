@@ -13,8 +13,9 @@ Sources:
 
 ``--dataset`` replaces DATASETS.TRAIN (labeled), DATASETS.TRAIN_UNLABELED (unlabeled) or picks the
 dataset to draw (dataset; default DATASETS.TEST[0]). Files: ``<output>/<source>_<index>.png``, each
-panel scaled by ``--scale``. Trailing KEY VALUE pairs override the config, as in train_net.py
-(``--opts KEY VALUE ...`` is accepted as an alias); ``--threads`` sets the CPU threads.
+panel titled and scaled by ``--scale`` (default: small crops enlarged to about 512 pixels, photos
+kept, very large images shrunk to 1024). Trailing KEY VALUE pairs override the config, as in
+train_net.py (``--opts KEY VALUE ...`` is accepted as an alias); ``--threads`` sets the CPU threads.
 """
 import argparse
 import os
@@ -23,18 +24,22 @@ from itertools import islice
 import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
 import dearli  # noqa: F401  (registers datasets, mappers and models)
 from dearli.cli import add_tool_arguments, parse_tool_args
 from dearli.config import load_config
+from dearli.data.datasets.from_config import register_config_datasets
 from dearli.data.sampling import build_train_batches
 from dearli.engine.pseudo_labels import cutmix_image
-from dearli.engine.visualization import drawing_metadata, draw_panoptic
+from dearli.engine.panels import display_scale, panel_row
+from dearli.engine.visualization import LabelledVisualizer, drawing_metadata, draw_panoptic
 from dearli.utils.threads import setup_threads
 
-PANEL_GAP = 4  # white pixels between panels
+LABELED_TITLES = ("training crop", "crop + ground truth")
+UNLABELED_TITLES = ("weak view (teacher)", "strong view (student)", "CutMix partner, weak", "CutMix partner, strong",
+                    "mixed student input")
+DATASET_TITLES = ("image", "annotations")
 
 
 def parse_args(argv=None):
@@ -44,7 +49,8 @@ def parse_args(argv=None):
     parser.add_argument("--output", required=True, help="folder for the PNG files (created)")
     parser.add_argument("--dataset", default="", help="dataset name replacing the config's (see above)")
     parser.add_argument("--source", choices=("labeled", "unlabeled", "dataset"), default="labeled")
-    parser.add_argument("--scale", type=float, default=4.0, help="upscaling of each panel (small crops)")
+    parser.add_argument("--scale", type=float, default=None,
+                        help="scale of each panel (default: by image size, see above)")
     add_tool_arguments(parser)
     return parse_tool_args(parser, argv)
 
@@ -59,6 +65,7 @@ def setup_cfg(args):
             cfg.DATASETS.TRAIN_UNLABELED = (args.dataset,)
     cfg.DATALOADER.NUM_WORKERS = 0
     cfg.freeze()
+    register_config_datasets(cfg)
     return cfg
 
 
@@ -67,16 +74,15 @@ def to_hwc(image: torch.Tensor) -> np.ndarray:
     return image.permute(1, 2, 0).numpy()
 
 
+def panel_scale(image: np.ndarray, scale) -> float:
+    """``--scale``, or by default the display scale of the image's size."""
+    return scale if scale else display_scale(*image.shape[:2])
+
+
 def upscale(image: np.ndarray, scale: float) -> np.ndarray:
+    """Resized by ``scale``: nearest neighbour when enlarging (crisp crops), area-averaged when shrinking."""
     size = (int(round(image.shape[1] * scale)), int(round(image.shape[0] * scale)))
-    return np.asarray(Image.fromarray(image).resize(size, Image.NEAREST))
-
-
-def side_by_side(panels) -> np.ndarray:
-    height = max(p.shape[0] for p in panels)
-    gap = np.full((height, PANEL_GAP, 3), 255, dtype=np.uint8)
-    padded = [np.pad(p, ((0, height - p.shape[0]), (0, 0), (0, 0)), constant_values=255) for p in panels]
-    return np.concatenate([x for p in padded for x in (p, gap)][:-1], axis=1)
+    return np.asarray(Image.fromarray(image).resize(size, Image.NEAREST if scale >= 1 else Image.BOX))
 
 
 def instances_to_panoptic(instances, metadata):
@@ -91,7 +97,8 @@ def instances_to_panoptic(instances, metadata):
 
 
 def labeled_panels(sample, metadata, scale):
-    image = upscale(to_hwc(sample["image"]), scale)
+    image = to_hwc(sample["image"])
+    image = upscale(image, panel_scale(image, scale))
     seg, segments = instances_to_panoptic(sample["instances"], metadata)
     seg = torch.nn.functional.interpolate(seg[None, None].float(), size=image.shape[:2], mode="nearest")[0, 0].int()
     return [image, draw_panoptic(image, seg, segments, metadata)]
@@ -103,12 +110,13 @@ def unlabeled_panels(sample, scale):
     if cutmix is not None:
         mixed = cutmix_image(sample["strong_image"], cutmix["strong_image"], cutmix["box_mask"])
         panels += [to_hwc(cutmix["weak_image"]), to_hwc(cutmix["strong_image"]), to_hwc(mixed)]
-    return [upscale(np.ascontiguousarray(p), scale) for p in panels]
+    return [upscale(np.ascontiguousarray(p), panel_scale(panels[0], scale)) for p in panels]
 
 
 def dataset_panel(dataset_dict, metadata, scale):
     image = np.asarray(Image.open(dataset_dict["file_name"]).convert("RGB"))
-    visualizer = Visualizer(image, drawing_metadata(metadata), scale=scale)
+    scale = panel_scale(image, scale)
+    visualizer = LabelledVisualizer(image, drawing_metadata(metadata), scale=scale)
     drawn = visualizer.draw_dataset_dict({k: v for k, v in dataset_dict.items() if k != "sem_seg_file_name"})
     return [upscale(image, scale), drawn.get_image()]
 
@@ -129,12 +137,18 @@ def render(cfg, args):
         name = args.dataset or (cfg.DATASETS.TEST or cfg.DATASETS.TRAIN)[0]
         metadata = MetadataCatalog.get(name)
         dicts = DatasetCatalog.get(name)[: args.num]
-        return {f"dataset_{i:03d}.png": side_by_side(dataset_panel(d, metadata, args.scale)) for i, d in enumerate(dicts)}
+        return {f"dataset_{i:03d}.png": panel_row(dataset_panel(d, metadata, args.scale), DATASET_TITLES)
+                for i, d in enumerate(dicts)}
     samples = islice(training_samples(cfg, args.source), args.num)
     if args.source == "labeled":
         metadata = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
-        return {f"labeled_{i:03d}.png": side_by_side(labeled_panels(s, metadata, args.scale)) for i, s in enumerate(samples)}
-    return {f"unlabeled_{i:03d}.png": side_by_side(unlabeled_panels(s, args.scale)) for i, s in enumerate(samples)}
+        return {f"labeled_{i:03d}.png": panel_row(labeled_panels(s, metadata, args.scale), LABELED_TITLES)
+                for i, s in enumerate(samples)}
+    rows = {}
+    for i, sample in enumerate(samples):
+        panels = unlabeled_panels(sample, args.scale)
+        rows[f"unlabeled_{i:03d}.png"] = panel_row(panels, UNLABELED_TITLES[:len(panels)])
+    return rows
 
 
 def main(argv=None):

@@ -16,6 +16,7 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 
 from ..utils.atomic_io import atomic_write_json
+from .panels import panel_row
 from .pseudo_labels import pseudo_label_statistics
 from .teacher import MeanTeacher
 from .visualization import draw_panoptic
@@ -106,14 +107,19 @@ def segments_info_of(label) -> List[Dict]:
     ]
 
 
+# Titles of the two panels of a pseudo-label picture.
+PSEUDO_LABEL_TITLES = ("teacher pseudo-label (weak view)", "student target (CutMix strong view)")
+
+
 def pseudo_label_panels(samples, labels, unlabeled, teacher_labels, metadata, limit: int, scale: int = 1) -> List[np.ndarray]:
-    """Per image (at most ``limit``), RGB uint8: weak view + teacher pseudo-label | strong CutMix
-    view + the student's target; ``scale`` enlarges small crops (nearest neighbour) before drawing."""
+    """Per image (at most ``limit``), RGB uint8, two titled panels: weak view + teacher pseudo-label |
+    strong CutMix view + the student's target; ``scale`` enlarges small crops (nearest neighbour)
+    before drawing."""
     panels = []
     for k in range(min(limit, len(samples))):
         weak = _draw(unlabeled[k]["weak_image"], teacher_labels[k], metadata, scale)
         mixed = _draw(samples[k]["image"], labels[k], metadata, scale)
-        panels.append(np.concatenate([weak, mixed], axis=1))
+        panels.append(panel_row([weak, mixed], PSEUDO_LABEL_TITLES))
     return panels
 
 

@@ -6,7 +6,8 @@ returns a new RGB uint8 image of the same size; nothing is written to disk here.
 
 Colours are deterministic: classes without colours in their metadata get a fixed palette colour
 per class id (Detectron2 would otherwise pick random colours on every call, so two overlays of the
-same prediction would differ).
+same prediction would differ). Labels are drawn by :class:`LabelledVisualizer`: never smaller than
+a readable size, inside the image, and not over each other (see :mod:`.label_layout`).
 """
 from typing import Dict, List, Sequence
 
@@ -16,9 +17,51 @@ from detectron2.data.catalog import Metadata
 from detectron2.utils.colormap import colormap
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
+from .label_layout import Box, place_label
+
 # Opacity of the drawn segments: the image stays visible beneath the overlay.
 OVERLAY_ALPHA = 0.6
 _PALETTE = colormap(rgb=True, maximum=255).astype(int).tolist()
+# Smallest label font, in points of the output image (9 pt at matplotlib's 100 dpi is ~12 px):
+# Detectron2 halves thing labels, which makes them unreadable on enlarged crops. On images smaller
+# than LABEL_FLOOR_SIDE x 9 pixels (geometric mean side) the floor shrinks with the image, so a few
+# labels still leave most of it visible.
+MIN_LABEL_POINTS = 9.0
+LABEL_FLOOR_SIDE = 40.0
+
+
+class LabelledVisualizer(Visualizer):
+    """Detectron2's ``Visualizer`` whose labels are at least MIN_LABEL_POINTS high and are moved to
+    the nearest place inside the image that no earlier label covers.
+
+    ``label_boxes`` lists the drawn labels as (text, (x0, y0, x1, y1)) in input-image pixels.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.label_boxes = []
+
+    def draw_text(self, text, position, *, font_size=None, color="g", horizontal_alignment="center", rotation=0):
+        output_side = (self.output.width * self.output.height) ** 0.5 * self.output.scale
+        floor_points = min(MIN_LABEL_POINTS, output_side / LABEL_FLOOR_SIDE)
+        font_size = max(font_size or self._default_font_size, floor_points / self.output.scale)
+        output = super().draw_text(text, position, font_size=font_size, color=color,
+                                   horizontal_alignment=horizontal_alignment, rotation=rotation)
+        artist = self.output.ax.texts[-1]
+        wanted = self._label_box(artist)
+        placed = place_label(wanted, self.output.width, self.output.height, [b for _, b in self.label_boxes])
+        x, y = artist.get_position()
+        artist.set_position((x + placed[0] - wanted[0], y + placed[1] - wanted[1]))
+        self.label_boxes.append((text, placed))
+        return output
+
+    def _label_box(self, artist) -> Box:
+        """The extent of a drawn label with its dark background, in input-image pixels."""
+        renderer = self.output.canvas.get_renderer()
+        artist.update_bbox_position_size(renderer)
+        extent = artist.get_bbox_patch().get_window_extent(renderer)
+        (x0, y0), (x1, y1) = self.output.ax.transData.inverted().transform(extent.get_points())
+        return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
 
 
 def class_names(metadata) -> List[str]:
@@ -70,7 +113,7 @@ def draw_panoptic(image: np.ndarray, panoptic_seg, segments_info: Sequence[Dict]
     panoptic_seg = torch.as_tensor(panoptic_seg).cpu()
     # The Visualizer adds an "area" entry to the dicts it is given: hand it copies.
     segments = [dict(s) for s in segments_info]
-    visualizer = Visualizer(image, drawing_metadata(metadata), instance_mode=ColorMode.IMAGE)
+    visualizer = LabelledVisualizer(image, drawing_metadata(metadata), instance_mode=ColorMode.IMAGE)
     return visualizer.draw_panoptic_seg(panoptic_seg, segments, alpha=alpha).get_image()
 
 
@@ -82,7 +125,7 @@ def draw_semantic(image: np.ndarray, sem_seg, metadata, alpha: float = OVERLAY_A
     labels = torch.as_tensor(sem_seg).detach().cpu()
     if labels.dim() == 3:
         labels = labels.argmax(dim=0)
-    visualizer = Visualizer(image, drawing_metadata(metadata), instance_mode=ColorMode.IMAGE)
+    visualizer = LabelledVisualizer(image, drawing_metadata(metadata), instance_mode=ColorMode.IMAGE)
     return visualizer.draw_sem_seg(labels.to(torch.int64), alpha=alpha).get_image()
 
 
