@@ -10,7 +10,10 @@ accepted as an alias).
 For each input ``<dir>/<name>.<ext>`` it writes ``<output>/<name>_panoptic.png`` and
 ``<output>/<name>_semantic.png`` (the image overlaid with segments labelled by class name) and, with
 ``--json``, ``<output>/<name>_segments.json`` (one entry per panoptic segment: id, category_id,
-category_name, isthing, score, area). Files are written atomically.
+category_name, isthing, score, area). Files are written atomically. ``--confidence-threshold S``
+keeps only panoptic segments scoring at least S: the others are neither drawn in the panoptic
+overlay nor listed in the json (their pixels show the image). The semantic overlay is per pixel
+and not filtered.
 
 Open vocabulary: ``--classes "cat,dog,grass"`` or ``--class-file F`` (one class per line, synonyms
 separated by commas, e.g. ``dog,puppy``; blank lines and ``#`` comments ignored) replace the
@@ -27,6 +30,7 @@ from typing import List, Optional
 
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
+import torch
 from PIL import Image
 
 import dearli  # noqa: F401  (registers datasets and models)
@@ -59,6 +63,8 @@ def get_parser() -> argparse.ArgumentParser:
                         help="comma-separated names of the given classes that are stuff (merged per class)")
     parser.add_argument("--json", action="store_true",
                         help="also write <name>_segments.json (id, class, score, area of each segment)")
+    parser.add_argument("--confidence-threshold", type=float, default=0.0, metavar="S",
+                        help="draw and list only panoptic segments with score >= S (0 to 1; default 0: all)")
     add_tool_arguments(parser)
     return parser
 
@@ -123,12 +129,21 @@ def write_json(path: Path, data) -> None:
         f.write(json.dumps(data, indent=1).encode("utf-8"))
 
 
+def confident_segments(pan_seg: torch.Tensor, segments_info, threshold: float):
+    """``(pan_seg, segments_info)`` without the segments scoring below ``threshold``: they leave
+    ``segments_info`` and their pixels become 0 (no segment). Segments without a score are kept."""
+    kept = [s for s in segments_info if s.get("score", 1.0) >= threshold]
+    dropped = [s["id"] for s in segments_info if s.get("score", 1.0) < threshold]
+    if dropped:
+        pan_seg = torch.where(torch.isin(pan_seg, torch.tensor(dropped, dtype=pan_seg.dtype)), 0, pan_seg)
+    return pan_seg, kept
+
+
 def process_image(predictor: DEARLiPredictor, image, path: str, stem: str, output_dir: Path,
-                  with_json: bool) -> List[Path]:
+                  with_json: bool, threshold: float = 0.0) -> List[Path]:
     """Predict one image and write its files; returns the written paths."""
     outputs = predictor(image)
-    pan_seg, segments_info = outputs["panoptic_seg"]
-    pan_seg = pan_seg.cpu()
+    pan_seg, segments_info = confident_segments(outputs["panoptic_seg"][0].cpu(), outputs["panoptic_seg"][1], threshold)
     written = [output_dir / f"{stem}_panoptic.png", output_dir / f"{stem}_semantic.png"]
     write_png(written[0], draw_panoptic(image, pan_seg, segments_info, predictor.metadata))
     write_png(written[1], draw_semantic(image, outputs["sem_seg"].cpu(), predictor.metadata))
@@ -160,7 +175,7 @@ def run(args, stems: List[str], classes: Optional[List[List[str]]]) -> List[str]
             print(f"error: cannot read input image {path}: {type(e).__name__}: {e}", file=sys.stderr)
             failed.append(path)
             continue
-        written = process_image(predictor, image, path, stem, output_dir, args.json)
+        written = process_image(predictor, image, path, stem, output_dir, args.json, args.confidence_threshold)
         logger.info("%s -> %s", path, ", ".join(str(p) for p in written))
     return failed
 
@@ -170,6 +185,8 @@ def main(argv=None) -> int:
     arguments (argparse's convention)."""
     parser = get_parser()
     args = parse_tool_args(parser, argv)
+    if not 0.0 <= args.confidence_threshold <= 1.0:
+        parser.error(f"--confidence-threshold must be between 0 and 1, got {args.confidence_threshold}")
     try:  # argument errors are reported before the (slow) model build
         stems, classes = output_stems(args.input), requested_classes(args)
     except ValueError as e:
