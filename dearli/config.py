@@ -222,6 +222,18 @@ def _add_command_line_datasets(cfg):
     # Label value meaning "ignore" in the label PNGs (mapped to 255).
     cfg.DATASETS.SEMANTIC_FOLDER.IGNORE_VALUE = 255
 
+    cfg.DATASETS.PANOPTIC_FOLDER = CN()
+    # Name of a COCO-format panoptic folder dataset (PQ, and mIoU with SEMANTIC), for evaluation or training.
+    cfg.DATASETS.PANOPTIC_FOLDER.NAME = "panoptic_folder"
+    # Image folder, folder of RGB-encoded panoptic PNGs, and the COCO panoptic json listing them;
+    # the json's categories, in its order, must be the model's classes. Empty IMAGES = no such set.
+    cfg.DATASETS.PANOPTIC_FOLDER.IMAGES = ""
+    cfg.DATASETS.PANOPTIC_FOLDER.PANOPTIC = ""
+    cfg.DATASETS.PANOPTIC_FOLDER.JSON = ""
+    # Optional folder of semantic PNGs (contiguous class ids, 255 = ignore) named like the panoptic
+    # PNGs, for mIoU. Empty = PQ only.
+    cfg.DATASETS.PANOPTIC_FOLDER.SEMANTIC = ""
+
 
 def _add_ssl_config(cfg):
     cfg.SSL = CN()

@@ -152,3 +152,61 @@ def test_eval_only_on_a_label_folder_from_the_command_line(label_folder, tmp_pat
     assert metrics["sem_seg"]["mIoU"] == pytest.approx(results["sem_seg"]["mIoU"])
     # Classes absent from the labels and never predicted have no IoU; present ones have one in [0, 100].
     assert 0 <= metrics["sem_seg"]["IoU-sky"] <= 100 and "PQ" in metrics["panoptic_seg"]
+
+
+# ----------------------------------------------------------------------------- panoptic folder
+@pytest.fixture(scope="module")
+def panoptic_split(tmp_path_factory):
+    """A registered 3-image shapes val split: its files are the folder, its name the reference."""
+    from dearli.data.shapes import register_shapes
+    register_shapes(prefix="test_cli_pan", num_labeled=1, num_unlabeled=1, num_val=3, image_size=64,
+                    cache_dir=tmp_path_factory.mktemp("pan_shapes"))
+    DatasetCatalog.get("test_cli_pan_val")  # writes the files
+    return MetadataCatalog.get("test_cli_pan_val")
+
+
+def panoptic_keys(metadata, name, semantic=True):
+    return ["DATASETS.PANOPTIC_FOLDER.NAME", name, "DATASETS.PANOPTIC_FOLDER.IMAGES", metadata.image_root,
+            "DATASETS.PANOPTIC_FOLDER.PANOPTIC", metadata.panoptic_root,
+            "DATASETS.PANOPTIC_FOLDER.JSON", metadata.panoptic_json,
+            "DATASETS.PANOPTIC_FOLDER.SEMANTIC", metadata.sem_seg_root if semantic else ""]
+
+
+def test_eval_only_on_a_panoptic_folder_matches_the_registered_dataset(panoptic_split, tmp_path):
+    train_net = load_tool("train_net")
+
+    def evaluate(test_name, *keys):
+        args = train_net.parse_args(["--config-file", "configs/shapes/tiny_dearli.yaml", "--eval-only", *keys,
+                                     "DATASETS.TEST", f"('{test_name}',)", "OUTPUT_DIR", str(tmp_path / test_name)])
+        return train_net.main(args)
+
+    reference = evaluate("test_cli_pan_val")
+    from_folder = evaluate("test_cli_pan_folder", *panoptic_keys(panoptic_split, "test_cli_pan_folder"))
+    # Same keys (per class too; NaN for classes in neither), same values.
+    assert from_folder["panoptic_seg"] == pytest.approx(reference["panoptic_seg"], nan_ok=True)
+    assert from_folder["sem_seg"] == pytest.approx(reference["sem_seg"], nan_ok=True)
+    # The ground truth read from the folder is the registered split's, record by record.
+    keys = ("file_name", "pan_seg_file_name", "sem_seg_file_name", "segments_info", "height", "width")
+    folder_records = [{k: r[k] for k in keys} for r in DatasetCatalog.get("test_cli_pan_folder")]
+    assert folder_records == [{k: r[k] for k in keys} for r in DatasetCatalog.get("test_cli_pan_val")]
+    assert len(folder_records) == 3 and all(r["segments_info"] for r in folder_records)
+    assert MetadataCatalog.get("test_cli_pan_folder").stuff_classes == panoptic_split.stuff_classes
+    assert MetadataCatalog.get("test_cli_pan_folder").thing_dataset_id_to_contiguous_id == \
+        panoptic_split.thing_dataset_id_to_contiguous_id
+
+
+def test_panoptic_folder_errors_name_the_key(panoptic_split, tmp_path):
+    keys = panoptic_keys(panoptic_split, "test_cli_pan_bad", semantic=False)
+    values = dict(zip(keys[::2], keys[1::2]))
+    no_json = tiny_cfg(**dict(values, **{"DATASETS.PANOPTIC_FOLDER.JSON": ""}))
+    with pytest.raises(ValueError, match="DATASETS.PANOPTIC_FOLDER.JSON is empty"):
+        register_config_datasets(no_json)
+    one_class = tmp_path / "one.json"
+    one_class.write_text(json.dumps({"categories": [{"id": 1, "name": "thing", "isthing": 1}]}))
+    wrong = tiny_cfg(**dict(values, **{"DATASETS.PANOPTIC_FOLDER.JSON": str(one_class)}))
+    with pytest.raises(ValueError, match=f"JSON {one_class} has 1 categories but the model has "
+                                         "MODEL.SEM_SEG_HEAD.NUM_CLASSES 9"):
+        register_config_datasets(wrong)
+    missing = tiny_cfg(**dict(values, **{"DATASETS.PANOPTIC_FOLDER.PANOPTIC": str(tmp_path / "none")}))
+    with pytest.raises(FileNotFoundError, match="DATASETS.PANOPTIC_FOLDER.PANOPTIC '.*none': no such folder"):
+        register_config_datasets(missing)

@@ -6,19 +6,26 @@
   ``tools/generate_sam_pseudolabels.py --images ... --output OUT`` wrote (LABEL_DIR may be OUT
   itself: its one ``<model>/<settings>`` folder holding ``meta.json`` is found), for the warm-up;
 - ``DATASETS.SEMANTIC_FOLDER``: an image folder + label-PNG folder (every class stuff), for
-  evaluation or training; its classes default to those of the model's dataset DATASETS.TRAIN[0].
+  evaluation or training; its classes default to those of the model's dataset DATASETS.TRAIN[0];
+- ``DATASETS.PANOPTIC_FOLDER``: images + panoptic PNGs + COCO panoptic json (+ semantic PNGs), whose
+  categories, in the json's order, are the classes.
 
 The trainer calls it when it builds the model, the loaders and the evaluators, in every process,
 so the names work in DATASETS.TRAIN / DATASETS.TEST like any registered dataset. Calling it again
 with the same keys does nothing; a name that another registration owns is refused.
 """
+import logging
 from pathlib import Path
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from dearli.data.datasets.metadata import build_panoptic_metadata, semantic_categories
+from dearli.data.datasets.panoptic import read_json, register_panoptic_dataset
 from dearli.data.datasets.sam_images import register_sam_dataset
 from dearli.data.datasets.semantic import register_semantic_dataset
 from dearli.data.sam_format import META_FILE
+
+logger = logging.getLogger(__name__)
 
 # {dataset name: the config values it was registered from}, for the sets registered here.
 _REGISTERED = {}
@@ -35,6 +42,10 @@ def register_config_datasets(cfg) -> None:
         spec = (folder.IMAGES, folder.LABELS, folder.IMAGE_EXT, folder.LABEL_EXT, tuple(folder.CLASSES),
                 folder.IGNORE_VALUE)
         _register_once("DATASETS.SEMANTIC_FOLDER", folder.NAME, spec, lambda: _register_semantic_folder(cfg))
+    panoptic = cfg.DATASETS.PANOPTIC_FOLDER
+    if panoptic.IMAGES:
+        spec = (panoptic.IMAGES, panoptic.PANOPTIC, panoptic.JSON, panoptic.SEMANTIC)
+        _register_once("DATASETS.PANOPTIC_FOLDER", panoptic.NAME, spec, lambda: _register_panoptic_folder(cfg))
 
 
 def _register_once(key, name, spec, register) -> None:
@@ -104,3 +115,38 @@ def _folder_classes(cfg):
         raise ValueError(f"DATASETS.SEMANTIC_FOLDER.CLASSES is empty and DATASETS.TRAIN[0] "
                          f"{cfg.DATASETS.TRAIN[0]!r} has no stuff_classes to take them from")
     return list(names), metadata.get("stuff_colors", None), metadata.get("prompt_file", None)
+
+
+def _register_panoptic_folder(cfg) -> None:
+    folder = cfg.DATASETS.PANOPTIC_FOLDER
+    for key in ("IMAGES", "PANOPTIC") + (("SEMANTIC",) if folder.SEMANTIC else ()):
+        if not Path(folder[key]).is_dir():
+            raise FileNotFoundError(f"DATASETS.PANOPTIC_FOLDER.{key} {folder[key]!r}: no such folder")
+    if not folder.JSON:
+        raise ValueError("DATASETS.PANOPTIC_FOLDER.IMAGES is set but DATASETS.PANOPTIC_FOLDER.JSON is empty")
+    categories = read_json(folder.JSON).get("categories")
+    if not categories:
+        raise ValueError(f"DATASETS.PANOPTIC_FOLDER.JSON {folder.JSON}: no 'categories' list; not a panoptic json")
+    if len(categories) != cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES:
+        raise ValueError(f"DATASETS.PANOPTIC_FOLDER.JSON {folder.JSON} has {len(categories)} categories but the "
+                         f"model has MODEL.SEM_SEG_HEAD.NUM_CLASSES {cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES}")
+    _warn_if_names_differ(cfg, [c["name"] for c in categories])
+    paths = {"image_root": folder.IMAGES, "panoptic_root": folder.PANOPTIC, "panoptic_json": folder.JSON}
+    if folder.SEMANTIC:
+        paths["sem_seg_root"] = folder.SEMANTIC
+    # Categories without a colour (it is optional in the json) get the fixed per-index fallback.
+    fallback = semantic_categories([c["name"] for c in categories])
+    categories = [dict(c, color=c.get("color") or f["color"]) for c, f in zip(categories, fallback)]
+    register_panoptic_dataset(folder.NAME, build_panoptic_metadata(categories), paths)
+
+
+def _warn_if_names_differ(cfg, names) -> None:
+    """Class i of the json is scored as the model's class i: say so when their names differ."""
+    if not cfg.DATASETS.TRAIN:
+        return
+    model_names = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("stuff_classes", None)
+    differ = [(i, a, b) for i, (a, b) in enumerate(zip(names, model_names or names)) if a != b]
+    if differ:
+        logger.warning("DATASETS.PANOPTIC_FOLDER.JSON %s: %d categories are named unlike the model's classes "
+                       "(%s), e.g. category %d %r vs %r; they are scored by position", cfg.DATASETS.PANOPTIC_FOLDER.JSON,
+                       len(differ), cfg.DATASETS.TRAIN[0], *differ[0])
