@@ -24,6 +24,7 @@ from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
 from detectron2.modeling import build_model
 
+from ..data.datasets.from_config import register_config_datasets
 from ..modeling import meta_arch  # noqa: F401  (registers the DEARLi meta-architecture)
 from ..modeling.checkpoint import DEARLiCheckpointer
 from ..modeling.text_classifier import TextClassifier
@@ -58,6 +59,7 @@ class DEARLiPredictor:
         self.cfg.freeze()
         if self.cfg.INPUT.FORMAT != "RGB":
             raise ValueError(f"INPUT.FORMAT={self.cfg.INPUT.FORMAT!r}; DEARLi models take RGB input")
+        register_config_datasets(self.cfg)  # the model's classes may come from a config-declared set
         self.model = _build_seeded_model(self.cfg)
         self.model.eval()
         DEARLiCheckpointer(self.model, save_to_disk=False).load(self.cfg.MODEL.WEIGHTS)

@@ -210,3 +210,13 @@ def test_panoptic_folder_errors_name_the_key(panoptic_split, tmp_path):
     missing = tiny_cfg(**dict(values, **{"DATASETS.PANOPTIC_FOLDER.PANOPTIC": str(tmp_path / "none")}))
     with pytest.raises(FileNotFoundError, match="DATASETS.PANOPTIC_FOLDER.PANOPTIC '.*none': no such folder"):
         register_config_datasets(missing)
+
+
+def test_predictor_takes_the_classes_of_a_config_declared_training_set(label_folder, tmp_path, monkeypatch):
+    from dearli.engine.predictor import DEARLiPredictor
+    monkeypatch.setenv("DEARLI_DATASET_CACHE", str(tmp_path))
+    names = [f"class {i}" for i in range(9)]
+    keys = folder_keys(label_folder, "test_cli_folder_trained", "DATASETS.SEMANTIC_FOLDER.CLASSES", names,
+                       "DATASETS.TRAIN", ("test_cli_folder_trained",), "DATASETS.TEST", ())
+    predictor = DEARLiPredictor(tiny_cfg(**dict(zip(keys[::2], keys[1::2]))))
+    assert predictor.metadata.stuff_classes == names and predictor.num_classes == 9
