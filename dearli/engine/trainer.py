@@ -24,7 +24,9 @@ import torch
 import torch.distributed as dist
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, hooks
-from detectron2.evaluation import DatasetEvaluators, SemSegEvaluator, inference_on_dataset, print_csv_format
+from detectron2.evaluation import (
+    DatasetEvaluator, DatasetEvaluators, SemSegEvaluator, inference_on_dataset, print_csv_format,
+)
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import setup_logger
@@ -236,6 +238,8 @@ class DEARLiTrainer(DefaultTrainer):
         and teacher results would otherwise carry identical headers). Returns the results of the one
         dataset of DATASETS.TEST, or {dataset: results} for several (Detectron2's convention)."""
         register_config_datasets(cfg)
+        if isinstance(evaluators, DatasetEvaluator):
+            evaluators = [evaluators]
         if evaluators is not None and len(evaluators) != len(cfg.DATASETS.TEST):
             raise ValueError(f"{len(evaluators)} evaluators for {len(cfg.DATASETS.TEST)} DATASETS.TEST entries")
         results = OrderedDict()
