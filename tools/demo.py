@@ -28,9 +28,9 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+import torch
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
-import torch
 from PIL import Image
 
 import dearli  # noqa: F401  (registers datasets and models)

@@ -158,7 +158,7 @@ def test_eval_only_on_a_label_folder_from_the_command_line(label_folder, tmp_pat
 @pytest.fixture(scope="module")
 def panoptic_split(tmp_path_factory):
     """A registered 3-image shapes val split: its files are the folder, its name the reference."""
-    from dearli.data.shapes import register_shapes
+    from dearli.data.datasets.shapes import register_shapes
     register_shapes(prefix="test_cli_pan", num_labeled=1, num_unlabeled=1, num_val=3, image_size=64,
                     cache_dir=tmp_path_factory.mktemp("pan_shapes"))
     DatasetCatalog.get("test_cli_pan_val")  # writes the files
