@@ -19,7 +19,7 @@ test: env
 	$(OFFLINE) $(PY) -m pytest $(PYTEST_ARGS)
 
 demo: env
-	$(OFFLINE) $(PY) tools/run_demo.py $(DEMO_ARGS)
+	$(OFFLINE) $(PY) tools/ssl_benchmark.py --preset demo $(DEMO_ARGS)
 
 clean-env:
 	rm -rf $(VENV)

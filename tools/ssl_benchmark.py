@@ -1,208 +1,227 @@
 #!/usr/bin/env python
-"""Benchmark: semi-supervised vs supervised-only training at a fixed budget, several seeds.
+"""Semi-supervised vs supervised-only training from a shared start: the benchmark and `make demo`.
 
-    python tools/ssl_benchmark.py [--datasets shapes camvid] [--seeds 1 2 3] [--output-dir DIR]
-                                  [--device cpu|cuda] [--smoke]
+    python tools/ssl_benchmark.py [--preset benchmark|demo] [--datasets shapes camvid] [--seeds 1 2 3]
+                                  [--burn-in-iters N] [--branch-iters N] [--threads N] [--workers N]
+                                  [--output-dir DIR] [--overwrite] [KEY VALUE ...]
 
-Protocol, per dataset and seed (the same for both methods, so only the unlabeled data differs):
+KEY VALUE pairs come last; after --seeds or --datasets, put -- before them.
 
-1. supervised burn-in for BURN_IN iterations on the labeled images (the stand-in for the SAM
-   warm-up: no pretrained CLIP or SAM exists offline);
-2. from that checkpoint, two branches of BRANCH iterations each: supervised-only (labeled data
-   only) and semi-supervised (labeled + EMA-teacher pseudo-labels with CutMix on the unlabeled
-   images). Both report student and teacher; evaluation also every BRANCH/4 iterations, so
-   metrics.json shows whether the supervised baseline has levelled off.
+The protocol (dearli/engine/protocol.py), per dataset and seed: a supervised burn-in on the
+labeled images (the shared start; it stands in for the SAM warm-up, which needs pretrained SAM),
+then from its final checkpoint two branches of equal iterations, supervised-only and
+semi-supervised (EMA-teacher pseudo-labels on the unlabeled images, CutMix, strong views). The
+summary (summary.json / summary.md) gives student and teacher PQ/SQ/RQ/mIoU and per-class IoU,
+mean +- sample std over every seed finished in the output folder (also those of earlier
+invocations), and the paired difference semi-supervised minus supervised-only.
 
-Data: ``shapes`` = dearli_shapes (24 labeled, 200 unlabeled, 24 val images); ``camvid`` = CamVid
-1/8 labeled split (46 labeled, 321 unlabeled train images; 101 val images at 180x240), all classes
-as stuff (PQ all-stuff and mIoU with per-class IoU). Model: the tiny config (random tiny CLIP,
-orthogonal class embedding), so this measures the semi-supervised machinery, not CLIP.
+Presets (options given on the command line win over them):
+  benchmark  shapes and CamVid 1/8, seeds 1 2 3, 2000 + 4000 iterations, 4 evaluations per stage;
+  demo       `make demo`: shapes, seed 1, 1500 + 800 iterations, and pictures in visuals/.
+Training recipe of both (override with trailing KEY VALUE pairs, as for train_net.py): batch 4
+labeled (+4 unlabeled), AdamW LR 1e-3 (the paper's 1e-4 is for a pretrained CLIP), teacher EMA
+decay 0.99 (short runs). Model: the tiny config (a random tiny CLIP with a fixed orthogonal class
+embedding), so this measures the semi-supervised machinery, not CLIP recognition.
 
-The run is resumable: every stage checkpoints periodically and is resumed from its last
-checkpoint, finished stages (result.json) are skipped. summary.json / summary.md (mean +- sample
-std over seeds, and the semi-supervised minus supervised difference) are rewritten after every
-stage, so partial results are readable while it runs.
+Resumable: rerun the same command after an interruption; finished stages are read back, an
+unfinished one resumes from its last checkpoint. Adding seeds to a finished folder trains only the
+new ones. A non-empty folder that this tool did not write (or wrote with other settings) is
+refused unless --overwrite is given; nothing is ever deleted.
+
+Each stage folder <output>/<dataset>/seed<N>/<stage>/ holds its complete config.yaml, so
+  python tools/train_net.py --eval-only --config-file <stage>/config.yaml MODEL.WEIGHTS <stage>/model_final.pth
+reproduces its numbers.
 """
 import argparse
-import json
+import contextlib
 import logging
 import os
-import statistics
+import sys
 import time
 
+import torch
+
+import dearli  # noqa: F401  (registers datasets and models)
+from dearli.data.datasets.builtin import get_datasets_root
+from dearli.data.datasets.semantic import camvid_root, dataset_cache_root
+from dearli.data.shapes import shapes_cache_root
+from dearli.engine import protocol
+from dearli.engine.protocol_visuals import save_pseudo_label_panels, save_stage_predictions
+from dearli.utils.atomic_io import atomic_write, atomic_write_json
+from dearli.utils.output_dir import OutputDirError, claim_output_dir
+
+TOOL = "tools/ssl_benchmark.py"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# CamVid location for the registration (read when dearli.data is imported).
-os.environ.setdefault("DEARLI_CAMVID", os.path.join(os.path.dirname(REPO), "shared", "data", "camvid"))
-
-import torch  # noqa: E402
-
-import dearli  # noqa: E402,F401  (registers datasets, including camvid_* and dearli_shapes_*)
-from dearli.config import load_config  # noqa: E402
-from dearli.engine.trainer import DEARLiTrainer  # noqa: E402
-from dearli.utils.atomic_io import atomic_write, atomic_write_json  # noqa: E402
-
-CONFIG = os.path.join(REPO, "configs", "shapes", "tiny_dearli.yaml")
-DATASETS = {
-    "shapes": {},
-    "camvid": {
-        "DATASETS.TRAIN": ["camvid_train_1_8_labeled"],
-        "DATASETS.TRAIN_UNLABELED": ["camvid_train_1_8_unlabeled"],
-        "DATASETS.TEST": ["camvid_val"],
-        "MODEL.SEM_SEG_HEAD.NUM_CLASSES": 11,
-        # 360x480 frames resized to a short side of 144..216, 128-px crops; evaluated at 180x240.
-        "INPUT.MIN_SIZE_TRAIN": [144, 160, 176, 192, 208],
-        "INPUT.MAX_SIZE_TRAIN": 400,
-        "INPUT.CROP.SIZE": [128, 128],
-        "INPUT.SIZE_DIVISIBILITY": 128,
-        "INPUT.MIN_SIZE_TEST": 180,
-        "INPUT.MAX_SIZE_TEST": 240,
-        "MODEL.MASK_FORMER.TRAIN_NUM_POINTS": 1024,  # 32x32 mask logits at stride 4
-    },
+DATASET_CONFIGS = {
+    "shapes": os.path.join(REPO, "configs", "shapes", "tiny_dearli.yaml"),
+    "camvid": os.path.join(REPO, "configs", "camvid", "tiny_dearli.yaml"),
 }
-METHODS = ("supervised_only", "semi_supervised")
-METRICS = ("PQ", "SQ", "RQ", "mIoU")
-logger = logging.getLogger("dearli.ssl_benchmark")
+RECIPE = ["SOLVER.IMS_PER_BATCH", "4", "SOLVER.BASE_LR", "0.001", "MODEL.TEACHER.EMA_DECAY", "0.99"]
+PRESETS = {
+    "benchmark": {"datasets": ["shapes", "camvid"], "seeds": [1, 2, 3], "burn_in_iters": 2000,
+                  "branch_iters": 4000, "evals_per_stage": 4, "visuals": 0,
+                  "output_dir": os.path.join(REPO, "output", "ssl_benchmark")},
+    "demo": {"datasets": ["shapes"], "seeds": [1], "burn_in_iters": 1500, "branch_iters": 800,
+             "evals_per_stage": 1, "visuals": 3, "output_dir": os.path.join(REPO, "output", "demo")},
+}
+# What `make demo` exercises and what it cannot (printed before the demo runs).
+DEMO_SCOPE = """\
+Exercised: data loading with resumable per-sample seeds, weak/strong views, the EMA teacher's
+panoptic pseudo-labels, CutMix, one set criterion for labeled and pseudo-labeled targets, gradient
+clipping, poly LR, atomic checkpoints, PQ/SQ/RQ and mIoU of student and teacher.
+Not exercised: pretrained CLIP (the tiny CLIP is random, classes use a fixed orthogonal embedding,
+the zero-shot weight is 0), real SAM (a supervised burn-in replaces the warm-up), GPUs, mixed
+precision, paper-scale models and data. The numbers show the pipeline working, not the paper's gains."""
+
+
+def data_locations() -> str:
+    """The --help paragraph naming every data location read, with the value the environment gives now."""
+    return f"""data locations (environment variables, read when the tool starts):
+  shapes          generated on first use into $DEARLI_CACHE/shapes (default ~/.cache/dearli/shapes);
+                  now {shapes_cache_root()}
+  camvid          $DEARLI_CAMVID, else $DETECTRON2_DATASETS/camvid (layout {{train,val}}/images/*.jpg,
+                  {{train,val}}/labels/*.png; see datasets/README.md); now {camvid_root(get_datasets_root())}
+  camvid (cache)  panoptic/semantic ground truth generated from its labels into $DEARLI_DATASET_CACHE
+                  (default ~/.cache/dearli/datasets); now {dataset_cache_root()}"""
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    parser.add_argument("--burn-in-iters", type=int, default=2000)
-    parser.add_argument("--branch-iters", type=int, default=4000)
-    parser.add_argument("--batch", type=int, default=4, help="labeled images per iteration (+ as many unlabeled)")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--ema-decay", type=float, default=0.99)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--output-dir", default=os.path.join(REPO, "output", "ssl_benchmark"))
-    parser.add_argument("--smoke", action="store_true", help="a few iterations and one seed: checks the script runs")
+    parser = argparse.ArgumentParser(description=__doc__, epilog=data_locations(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=list(PRESETS), default="benchmark", help="defaults (see above)")
+    parser.add_argument("--datasets", nargs="+", choices=list(DATASET_CONFIGS), help="datasets to train")
+    parser.add_argument("--seeds", nargs="+", type=int, help="seeds to train (SEED of every stage)")
+    parser.add_argument("--burn-in-iters", type=int, help="iterations of the shared supervised start")
+    parser.add_argument("--branch-iters", type=int, help="iterations of each branch")
+    parser.add_argument("--evals-per-stage", type=int, help="evaluations per stage, evenly spaced, the last at its end")
+    parser.add_argument("--checkpoint-period", type=int, default=500, help="iterations between resumable checkpoints")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: fastest for the tiny model on a shared 2-core "
+                             "machine; part of the pinned settings, as float sums depend on it)")
+    parser.add_argument("--workers", type=int, default=1, help="data-loader worker processes (default 1)")
+    parser.add_argument("--visuals", type=int, help="val images drawn per stage into visuals/ (0: none)")
+    parser.add_argument("--output-dir", help="output folder (default: output/ssl_benchmark, or output/demo for the demo preset)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty folder this tool did not write, or wrote with other "
+                             "settings, retraining every stage requested (nothing is deleted)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars on the console")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
+                        help="config overrides of every stage, after the recipe (the protocol's own keys "
+                             "OUTPUT_DIR, SEED, SOLVER.MAX_ITER, ... win over them)")
     args = parser.parse_args(argv)
-    if args.smoke:
-        args.seeds, args.burn_in_iters, args.branch_iters = args.seeds[:1], 4, 4
+    if args.opts[:1] == ["--"]:  # `--seeds 1 2 -- KEY VALUE`: ends the list option
+        args.opts = args.opts[1:]
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if len(args.opts) % 2:
+        parser.error(f"config overrides come in KEY VALUE pairs; got an odd number: {args.opts}")
+    for name in ("burn_in_iters", "branch_iters", "evals_per_stage", "checkpoint_period", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if "camvid" in args.datasets and not os.path.isdir(os.path.join(camvid_root(get_datasets_root()), "train")):
+        parser.error(f"CamVid not found at {camvid_root(get_datasets_root())}: set DEARLI_CAMVID to the CamVid "
+                     "folder (with train/ and val/, see datasets/README.md), or put it at $DETECTRON2_DATASETS/camvid")
     return args
 
 
-def stage_cfg(args, dataset, stage_dir, seed, iterations, **overrides):
-    settings = dict(DATASETS[dataset])
-    settings.update({
-        "OUTPUT_DIR": stage_dir, "SEED": seed, "MODEL.DEVICE": args.device,
-        "SOLVER.MAX_ITER": iterations, "SOLVER.IMS_PER_BATCH": args.batch, "SOLVER.BASE_LR": args.lr,
-        "SOLVER.CHECKPOINT_PERIOD": 500,
-        # Learning curve: 4 evaluations per stage (short smoke stages: only the final one).
-        "TEST.EVAL_PERIOD": iterations // 4 if iterations >= 100 else 0,
-        "DATALOADER.NUM_WORKERS": args.workers, "MODEL.TEACHER.EMA_DECAY": args.ema_decay,
-    })
-    settings.update(overrides)
-    cfg = load_config(CONFIG, [item for pair in settings.items() for item in pair])
-    cfg.freeze()
-    return cfg
+def pinned_settings(args) -> dict:
+    """The settings that decide the results; a folder is resumed only with the same ones."""
+    return {"burn_in_iters": args.burn_in_iters, "branch_iters": args.branch_iters,
+            "evals_per_stage": args.evals_per_stage, "checkpoint_period": args.checkpoint_period,
+            "threads": args.threads, "workers": args.workers, "opts": list(args.opts)}
 
 
-def run_stage(cfg):
-    """Train (resuming if a checkpoint exists) and return the final results; cached in result.json."""
-    result_file = os.path.join(cfg.OUTPUT_DIR, "result.json")
-    if os.path.isfile(result_file):
-        with open(result_file) as f:
-            return json.load(f)
-    start = time.perf_counter()
-    trainer = DEARLiTrainer(cfg)
-    trainer.resume_or_load(resume=True)
-    trainer.train()
-    result = {"metrics": trainer._last_eval_results, "seconds": time.perf_counter() - start,
-              "iterations": cfg.SOLVER.MAX_ITER}
-    atomic_write_json(result_file, result, indent=1)
-    return result
+def stage_config_factory(args):
+    """(dataset, seed, stage) -> the stage's frozen config."""
+    budget = protocol.Budget(args.burn_in_iters, args.branch_iters, args.evals_per_stage, args.checkpoint_period)
+    opts = RECIPE + ["DATALOADER.NUM_WORKERS", str(args.workers)] + list(args.opts)
+    return lambda dataset, seed, stage: protocol.stage_config(
+        DATASET_CONFIGS[dataset], opts, args.output_dir, dataset, seed, stage, budget)
 
 
-def scores(metrics):
-    """Student and teacher PQ/SQ/RQ/mIoU and per-class IoU from one evaluation result."""
-    def pick(r):
-        out = {m: r["panoptic_seg"][m] for m in METRICS[:3]}
-        out["mIoU"] = r["sem_seg"]["mIoU"]
-        out["IoU"] = {k[4:]: v for k, v in r["sem_seg"].items() if k.startswith("IoU-")}
-        return out
-    return {"student": pick(metrics), "teacher": pick(metrics["teacher"])}
+@contextlib.contextmanager
+def logs_to_file(path):
+    """Send Detectron2's and dearli's log lines to ``path`` (the console keeps the tool's own lines
+    and the progress bars); restores the loggers afterwards."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("[%(asctime)s %(name)s %(levelname)s] %(message)s"))
+    loggers = [logging.getLogger(name) for name in ("detectron2", "d2", "dearli", "fvcore")] + [logging.getLogger()]
+    saved = [(lg.level, lg.propagate, lg.handlers[:]) for lg in loggers]
+    for lg in loggers:
+        lg.handlers = [handler]
+        lg.setLevel(logging.INFO)
+        lg.propagate = False
+    try:
+        yield
+    finally:
+        for lg, (level, propagate, handlers) in zip(loggers, saved):
+            lg.handlers, lg.level, lg.propagate = handlers, level, propagate
+        handler.close()
 
 
-def mean_std(values):
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values)}
+def write_summary(args, config_of) -> str:
+    """summary.json / summary.md over every finished stage in the output folder; the markdown."""
+    datasets = [d for d in DATASET_CONFIGS if os.path.isdir(os.path.join(args.output_dir, d))]
+    summary = protocol.summarize(protocol.finished_runs(args.output_dir, datasets, config_of))
+    budget = (f"Per seed: {args.burn_in_iters} burn-in iterations, then {args.branch_iters} per branch; "
+              f"{args.threads} thread(s); mean +- sample std over the seeds listed.")
+    text = budget + "\n\n" + protocol.markdown(summary)
+    atomic_write_json(os.path.join(args.output_dir, "summary.json"),
+                      {"settings": pinned_settings(args), "summary": summary}, indent=1)
+    with atomic_write(os.path.join(args.output_dir, "summary.md"), "w") as f:
+        f.write(text)
+    return text
 
 
-def summarize(runs):
-    """runs[dataset][method][seed] = scores -> mean +- std per dataset, method, model and metric."""
-    summary = {}
-    for dataset, methods in runs.items():
-        summary[dataset] = {}
-        for method, by_seed in methods.items():
-            if not by_seed:
-                continue
-            entry = {}
-            for who in ("student", "teacher"):
-                entry[who] = {m: mean_std([s[who][m] for s in by_seed.values()]) for m in METRICS}
-                classes = next(iter(by_seed.values()))[who]["IoU"]
-                entry[who]["IoU"] = {c: mean_std([s[who]["IoU"][c] for s in by_seed.values()]) for c in classes}
-            summary[dataset][method] = entry
-        common = sorted(set(methods.get("supervised_only", {})) & set(methods.get("semi_supervised", {})))
-        if common:  # paired over seeds: semi-supervised minus supervised-only
-            summary[dataset]["difference"] = {
-                who: {m: mean_std([methods["semi_supervised"][s][who][m] - methods["supervised_only"][s][who][m]
-                                   for s in common]) for m in METRICS}
-                for who in ("student", "teacher")
-            }
-    return summary
-
-
-def markdown(summary, args):
-    lines = [f"Budget per seed: {args.burn_in_iters} supervised burn-in iterations, then {args.branch_iters} "
-             f"iterations per branch; batch {args.batch} labeled (+{args.batch} unlabeled for SSL); seeds "
-             f"{args.seeds}; mean +- sample std.", ""]
-    for dataset, entry in summary.items():
-        lines += [f"### {dataset}", "", "| method | model | " + " | ".join(METRICS) + " |",
-                  "|---|---|" + "---|" * len(METRICS)]
-        for method in (*METHODS, "difference"):
-            for who in ("student", "teacher"):
-                if method in entry and who in entry[method]:
-                    cells = [f"{entry[method][who][m]['mean']:.1f} +- {entry[method][who][m]['std']:.1f}" for m in METRICS]
-                    lines.append(f"| {method} | {who} | " + " | ".join(cells) + " |")
-        if dataset == "camvid" and METHODS[0] in entry:
-            lines += ["", "Per-class IoU (student, mean over seeds):", "",
-                      "| method | " + " | ".join(entry[METHODS[0]]["student"]["IoU"]) + " |",
-                      "|---|" + "---|" * len(entry[METHODS[0]]["student"]["IoU"])]
-            for method in METHODS:
-                if method in entry:
-                    iou = entry[method]["student"]["IoU"]
-                    lines.append(f"| {method} | " + " | ".join(f"{v['mean']:.1f}" for v in iou.values()) + " |")
-        lines.append("")
-    return "\n".join(lines)
+def run_seed(args, config_of, dataset, seed, number, total):
+    """The three stages of one dataset and seed, then its pictures if asked."""
+    for index, stage in enumerate(protocol.STAGES):
+        cfg = config_of(dataset, seed, stage)
+        description = f"[{number}/{total}] {dataset} seed {seed} {protocol.STAGE_TITLES[stage]}"
+        was_finished = protocol.finished_result(cfg) is not None and not args.overwrite
+        result = protocol.run_stage(cfg, description, fresh=args.overwrite)
+        seconds = "already finished" if was_finished else f"{result['seconds_of_last_run']:.0f} s"
+        print(f"{description}: {seconds}; student PQ {result['metrics']['panoptic_seg']['PQ']:.1f}", flush=True)
+        number += 1
+    if args.visuals:
+        visuals = os.path.join(args.output_dir, dataset, f"seed{seed}", "visuals")
+        for stage in protocol.STAGES:
+            save_stage_predictions(config_of(dataset, seed, stage), stage, visuals, args.visuals)
+        save_pseudo_label_panels(config_of(dataset, seed, protocol.SEMI_SUPERVISED), visuals, args.visuals)
+        print(f"pictures in {visuals}", flush=True)
+    return number
 
 
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO)
-    runs = {}
-    for dataset in args.datasets:
-        runs[dataset] = {m: {} for m in METHODS}
-        for seed in args.seeds:
-            root = os.path.join(args.output_dir, dataset, f"seed{seed}")
-            supervised = {"SSL.ENABLED": False, "DATASETS.TRAIN_UNLABELED": []}
-            run_stage(stage_cfg(args, dataset, os.path.join(root, "burn_in"), seed, args.burn_in_iters, **supervised))
-            start = os.path.join(root, "burn_in", "model_final.pth")
-            branch = {"MODEL.WEIGHTS": start, "MODEL.TEACHER.WEIGHTS": start}
-            for method, overrides in (("supervised_only", supervised), ("semi_supervised", {"SSL.ENABLED": True})):
-                cfg = stage_cfg(args, dataset, os.path.join(root, method), seed, args.branch_iters, **branch, **overrides)
-                runs[dataset][method][seed] = scores(run_stage(cfg)["metrics"])
-                summary = summarize(runs)
-                atomic_write_json(os.path.join(args.output_dir, "summary.json"),
-                                  {"settings": vars(args), "summary": summary}, indent=1)
-                with atomic_write(os.path.join(args.output_dir, "summary.md"), "w") as f:
-                    f.write(markdown(summary, args))
-                logger.info("%s seed %d %s done", dataset, seed, method)
-    print(markdown(summarize(runs), args))
+    protocol.ProtocolTrainer.progress = not args.no_progress
+    try:
+        claim_output_dir(args.output_dir, TOOL, pinned_settings(args), overwrite=args.overwrite)
+    except OutputDirError as error:
+        print(f"{TOOL}: error: {error}", file=sys.stderr)
+        return 2
+    log = os.path.join(args.output_dir, "log.txt")
+    print(f"Preset {args.preset}: {', '.join(args.datasets)}, seeds {args.seeds}, {args.burn_in_iters} burn-in + "
+          f"{args.branch_iters} iterations per branch, {args.threads} thread(s).\nLogs: {log}; per stage "
+          f"config.yaml, metrics.json and TensorBoard events under {args.output_dir}/<dataset>/seed<N>/<stage>/ "
+          f"(tensorboard --logdir {args.output_dir}).", flush=True)
+    if args.preset == "demo":
+        print(DEMO_SCOPE + "\n", flush=True)
+    config_of = stage_config_factory(args)
+    start = time.perf_counter()
+    with logs_to_file(log):
+        number, total = 1, len(args.datasets) * len(args.seeds) * len(protocol.STAGES)
+        for dataset in args.datasets:
+            for seed in args.seeds:
+                number = run_seed(args, config_of, dataset, seed, number, total)
+                write_summary(args, config_of)  # partial results readable while the rest runs
+    text = write_summary(args, config_of)
+    print("\n" + text)
+    print(f"Total time {time.perf_counter() - start:.0f} s. Summary: {args.output_dir}/summary.{{md,json}}.")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -196,6 +196,16 @@ class DEARLiTrainer(DefaultTrainer):
         state["_trainer"] = self._trainer.state_dict()
         return state
 
+    def train(self):
+        """Train from ``start_iter`` to ``max_iter``; return the last evaluation's results (as
+        :meth:`evaluate_student_and_teacher` gives them), or ``{}`` when no evaluation ran.
+
+        Detectron2 0.6 returns them only when TEST.EXPECTED_RESULTS is set; callers (train_net,
+        the comparison protocol) need them without reading a private attribute.
+        """
+        super().train()
+        return getattr(self, "_last_eval_results", {})
+
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
         if "_trainer" not in state_dict:
