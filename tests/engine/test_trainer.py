@@ -190,17 +190,3 @@ def test_eval_only_and_exported_teacher_reproduce_training_time_evaluation(tmp_p
     with pytest.raises(KeyError, match="holds no teacher"):
         export.main([str(exported), str(tmp_path / "again.pth")])
 
-
-def test_demo_runs_end_to_end_and_writes_its_outputs(tmp_path):
-    demo = load_tool("run_demo")
-    report = demo.main(["--output-dir", str(tmp_path), "--burn-in-iters", "2", "--branch-iters", "2",
-                        "--workers", "0", "--num-visuals", "1", "--visual-scale", "2"], log_to_file=False)
-    assert set(report["results"]) == {"burn-in (shared start)", "supervised-only", "semi-supervised"}
-    for scores in report["results"].values():
-        assert set(scores) == {"student", "teacher"} and set(scores["teacher"]) == {"PQ", "SQ", "RQ", "mIoU"}
-    for stage in ("burn_in", "supervised_only", "semi_supervised"):
-        files = os.listdir(tmp_path / stage)
-        assert "metrics.json" in files and any(f.startswith("events.out.tfevents") for f in files)
-    visuals = sorted(os.listdir(tmp_path / "visuals"))
-    assert visuals == ["burn_in_val0.png", "pseudo_labels_0.png", "semi_supervised_val0.png", "supervised_only_val0.png"]
-    assert (tmp_path / "demo_results.md").read_text().count("\n") == 5  # header, rule, three runs
