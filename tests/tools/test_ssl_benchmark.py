@@ -12,6 +12,7 @@ from detectron2.engine import HookBase
 
 from helpers.tools import load_tool
 
+from dearli.config import load_config
 from dearli.data.shapes import register_shapes
 from dearli.engine import protocol
 from dearli.utils.output_dir import MANIFEST
@@ -62,7 +63,7 @@ def test_each_stage_writes_its_config_results_and_pictures(reference):
         assert any(name.startswith("events.out.tfevents") for name in files)
     assert sorted(p.name for p in (seed_dir / "visuals").iterdir()) == [
         "burn_in_val0.png", "pseudo_labels_0.png", "semi_supervised_val0.png", "supervised_only_val0.png"]
-    burn_in, branch = (protocol.load_config(str(seed_dir / s / "config.yaml")) for s in ("burn_in", "semi_supervised"))
+    burn_in, branch = (load_config(str(seed_dir / s / "config.yaml")) for s in ("burn_in", "semi_supervised"))
     assert (burn_in.SOLVER.MAX_ITER, burn_in.SSL.ENABLED, burn_in.DATASETS.TRAIN_UNLABELED) == (4, False, ())
     assert (branch.SOLVER.MAX_ITER, branch.SSL.ENABLED, branch.SEED) == (4, True, 1)
     start = str(seed_dir / "burn_in" / "model_final.pth")
