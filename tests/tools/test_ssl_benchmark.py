@@ -9,7 +9,6 @@ import statistics
 
 import pytest
 from detectron2.engine import HookBase
-
 from helpers.tools import load_tool
 
 from dearli.config import load_config
