@@ -196,12 +196,21 @@ def run_seed(args, config_of, dataset, seed, number, total):
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    protocol.ProtocolTrainer.progress = not args.no_progress
     try:
         claim_output_dir(args.output_dir, TOOL, pinned_settings(args), overwrite=args.overwrite)
     except OutputDirError as error:
         print(f"{TOOL}: error: {error}", file=sys.stderr)
         return 2
+    showing_progress = protocol.ProtocolTrainer.progress
+    protocol.ProtocolTrainer.progress = not args.no_progress
+    try:
+        return run(args)
+    finally:
+        protocol.ProtocolTrainer.progress = showing_progress
+
+
+def run(args):
+    """Every requested stage, then the summary over the whole output folder."""
     log = os.path.join(args.output_dir, "log.txt")
     print(f"Preset {args.preset}: {', '.join(args.datasets)}, seeds {args.seeds}, {args.burn_in_iters} burn-in + "
           f"{args.branch_iters} iterations per branch, {args.threads} thread(s).\nLogs: {log}; per stage "
