@@ -20,7 +20,7 @@ Presets (options given on the command line win over them):
   demo       `make demo`: shapes, seed 1, 1500 + 800 iterations, and pictures in visuals/.
 Training recipe of both (override with trailing KEY VALUE pairs, as for train_net.py): batch 4
 labeled (+4 unlabeled), AdamW LR 1e-3 (the paper's 1e-4 is for a pretrained CLIP), teacher EMA
-decay 0.99 (short runs). Model: the tiny config (a random tiny CLIP with a fixed orthogonal class
+decay 0.99 (short runs); `MODEL.DEVICE cuda` runs it on a GPU. Model: the tiny config (a random tiny CLIP with a fixed orthogonal class
 embedding), so this measures the semi-supervised machinery, not CLIP recognition.
 
 Resumable: rerun the same command after an interruption; finished stages are read back, an
