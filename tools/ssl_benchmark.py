@@ -176,7 +176,7 @@ def write_summary(args, config_of) -> str:
 
 def run_seed(args, config_of, dataset, seed, number, total):
     """The three stages of one dataset and seed, then its pictures if asked."""
-    for index, stage in enumerate(protocol.STAGES):
+    for stage in protocol.STAGES:
         cfg = config_of(dataset, seed, stage)
         description = f"[{number}/{total}] {dataset} seed {seed} {protocol.STAGE_TITLES[stage]}"
         was_finished = protocol.finished_result(cfg) is not None and not args.overwrite
