@@ -44,7 +44,7 @@ import torch
 import dearli  # noqa: F401  (registers datasets and models)
 from dearli.data.datasets.builtin import get_datasets_root
 from dearli.data.datasets.semantic import camvid_root, dataset_cache_root
-from dearli.data.shapes import shapes_cache_root
+from dearli.data.datasets.shapes import shapes_cache_root
 from dearli.engine import protocol
 from dearli.engine.protocol_visuals import save_pseudo_label_panels, save_stage_predictions
 from dearli.utils.atomic_io import atomic_write, atomic_write_json

@@ -45,7 +45,7 @@ def save_stage_predictions(cfg, name: str, visuals_dir: str, count: int, scale: 
     trainer = _finished_trainer(cfg)
     dataset = cfg.DATASETS.TEST[0]
     metadata = MetadataCatalog.get(dataset)
-    models = (trainer.model, trainer.ssl.teacher)
+    models = (trainer.model, trainer.teacher.model)
     for model in models:
         model.eval()
     paths = []
@@ -70,8 +70,8 @@ def save_pseudo_label_panels(cfg, visuals_dir: str, count: int, scale: int = 4) 
     trainer = _finished_trainer(cfg)
     batch = sampling.build_train_batches(cfg, start_iter=0).batch_at(0)
     with EventStorage(0), torch.no_grad():
-        trainer.ssl.pseudo_label(batch["unlabeled"])
-    samples, labels, unlabeled, teacher_labels = trainer.ssl.last_pseudo_labels
+        trainer.teacher.pseudo_label(batch["unlabeled"])
+    samples, labels, unlabeled, teacher_labels = trainer.teacher.last_pseudo_labels
     metadata = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
     paths = []
     for k, panel in enumerate(pseudo_label_panels(samples, labels, unlabeled, teacher_labels, metadata, count, scale)):

@@ -12,7 +12,7 @@ from detectron2.engine import HookBase
 from helpers.tools import load_tool
 
 from dearli.config import load_config
-from dearli.data.shapes import register_shapes
+from dearli.data.datasets.shapes import register_shapes
 from dearli.engine import protocol
 from dearli.utils.output_dir import MANIFEST
 
