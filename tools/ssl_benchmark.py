@@ -5,7 +5,7 @@
                                   [--burn-in-iters N] [--branch-iters N] [--threads N] [--workers N]
                                   [--output-dir DIR] [--overwrite] [KEY VALUE ...]
 
-KEY VALUE pairs come last; after --seeds or --datasets, put -- before them.
+KEY VALUE pairs come after the options (dearli/cli.py: the same rules as every tool).
 
 The protocol (dearli/engine/protocol.py), per dataset and seed: a supervised burn-in on the
 labeled images (the shared start; it stands in for the SAM warm-up, which needs pretrained SAM),
@@ -39,9 +39,8 @@ import os
 import sys
 import time
 
-import torch
-
 import dearli  # noqa: F401  (registers datasets and models)
+from dearli.cli import add_tool_arguments, parse_tool_args
 from dearli.data.datasets.builtin import get_datasets_root
 from dearli.data.datasets.semantic import camvid_root, dataset_cache_root
 from dearli.data.datasets.shapes import shapes_cache_root
@@ -49,6 +48,7 @@ from dearli.engine import protocol
 from dearli.engine.protocol_visuals import save_pseudo_label_panels, save_stage_predictions
 from dearli.utils.atomic_io import atomic_write, atomic_write_json
 from dearli.utils.output_dir import OutputDirError, claim_output_dir
+from dearli.utils.threads import setup_threads
 
 TOOL = "tools/ssl_benchmark.py"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,9 +95,6 @@ def parse_args(argv=None):
     parser.add_argument("--branch-iters", type=int, help="iterations of each branch")
     parser.add_argument("--evals-per-stage", type=int, help="evaluations per stage, evenly spaced, the last at its end")
     parser.add_argument("--checkpoint-period", type=int, default=500, help="iterations between resumable checkpoints")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: fastest for the tiny model on a shared 2-core "
-                             "machine; part of the pinned settings, as float sums depend on it)")
     parser.add_argument("--workers", type=int, default=1, help="data-loader worker processes (default 1)")
     parser.add_argument("--visuals", type=int, help="val images drawn per stage into visuals/ (0: none)")
     parser.add_argument("--output-dir", help="output folder (default: output/ssl_benchmark, or output/demo for the demo preset)")
@@ -105,18 +102,22 @@ def parse_args(argv=None):
                         help="write into a non-empty folder this tool did not write, or wrote with other "
                              "settings, retraining every stage requested (nothing is deleted)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars on the console")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
-                        help="config overrides of every stage, after the recipe (the protocol's own keys "
-                             "OUTPUT_DIR, SEED, SOLVER.MAX_ITER, ... win over them)")
-    args = parser.parse_args(argv)
-    if args.opts[:1] == ["--"]:  # `--seeds 1 2 -- KEY VALUE`: ends the list option
-        args.opts = args.opts[1:]
+    add_tool_arguments(parser)  # --threads and the trailing KEY VALUE overrides of every stage
+    # Not the load-dependent default of the other tools: the thread count is part of the pinned
+    # settings (float sums depend on it), so results must not depend on the machine's load.
+    parser.set_defaults(threads=1)
+    for action in parser._actions:
+        if action.dest == "threads":
+            action.help = ("torch CPU threads (default 1, pinned: the fastest for the tiny model on a shared "
+                           "2-core machine, and part of the settings that decide the results)")
+        if action.dest == "opts":
+            action.help = ("config overrides of every stage, after the recipe (the protocol's own keys "
+                           "OUTPUT_DIR, SEED, SOLVER.MAX_ITER, ... win over them)")
+    args = parse_tool_args(parser, argv)
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if len(args.opts) % 2:
-        parser.error(f"config overrides come in KEY VALUE pairs; got an odd number: {args.opts}")
-    for name in ("burn_in_iters", "branch_iters", "evals_per_stage", "checkpoint_period", "threads"):
+    for name in ("burn_in_iters", "branch_iters", "evals_per_stage", "checkpoint_period"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if "camvid" in args.datasets and not os.path.isdir(os.path.join(camvid_root(get_datasets_root()), "train")):
@@ -195,7 +196,7 @@ def run_seed(args, config_of, dataset, seed, number, total):
 
 def main(argv=None):
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    setup_threads(args.threads)
     try:
         claim_output_dir(args.output_dir, TOOL, pinned_settings(args), overwrite=args.overwrite)
     except OutputDirError as error:

@@ -30,7 +30,7 @@ def tiny_shapes(tmp_path_factory):
 def argv(output_dir, *extra, seeds=("1",)):
     """A demo-preset run of 4 + 4 iterations, checkpoints every 2, on the tiny shapes set."""
     return ["--preset", "demo", "--burn-in-iters", "4", "--branch-iters", "4", "--checkpoint-period", "2",
-            "--workers", "0", "--visuals", "0", "--output-dir", str(output_dir), *extra, "--seeds", *seeds, "--",
+            "--workers", "0", "--visuals", "0", "--output-dir", str(output_dir), *extra, "--seeds", *seeds,
             "SOLVER.IMS_PER_BATCH", "2",
             "DATASETS.TRAIN", f"('{PREFIX}_train_labeled',)", "DATASETS.TRAIN_UNLABELED", f"('{PREFIX}_train_unlabeled',)",
             "DATASETS.TEST", f"('{PREFIX}_val',)"]
@@ -213,7 +213,8 @@ def test_help_names_every_data_location(capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["SOLVER.BASE_LR"], "config overrides come in KEY VALUE pairs; got an odd number: ['SOLVER.BASE_LR']"),
+    (["SOLVER.BASE_LR"], "config key SOLVER.BASE_LR has no value"),
+    (["--threads", "0"], "--threads must be >= 1, got 0"),
     (["--branch-iters", "0"], "--branch-iters must be >= 1, got 0"),
 ])
 def test_bad_arguments_are_clear_errors(args, message, capsys):
@@ -225,7 +226,7 @@ def test_bad_arguments_are_clear_errors(args, message, capsys):
 def test_presets_and_overrides(tmp_path, monkeypatch):
     (tmp_path / "camvid" / "train").mkdir(parents=True)
     monkeypatch.setenv("DEARLI_CAMVID", str(tmp_path / "camvid"))
-    demo = bench.parse_args(["--preset", "demo", "--seeds", "4", "5", "--", "SOLVER.BASE_LR", "0.01"])
+    demo = bench.parse_args(["--preset", "demo", "--seeds", "4", "5", "SOLVER.BASE_LR", "0.01"])
     assert (demo.datasets, demo.seeds, demo.burn_in_iters, demo.branch_iters, demo.visuals) == (["shapes"], [4, 5], 1500, 800, 3)
     assert demo.opts == ["SOLVER.BASE_LR", "0.01"] and demo.threads == 1
     cfg = bench.stage_config_factory(demo)("shapes", 4, "semi_supervised")
