@@ -9,12 +9,13 @@ import os
 import numpy as np
 import torch
 from detectron2.data import MetadataCatalog, build_detection_test_loader
-from detectron2.data.detection_utils import read_image
 from detectron2.utils.events import EventStorage
 
 from ..data import sampling
+from ..data.datasets.validate import read_rgb_image
 from ..utils.atomic_io import save_png_atomic
 from .hooks import pseudo_label_panels
+from .panels import panel_row
 from .trainer import DEARLiTrainer
 from .visualization import draw_panoptic
 
@@ -53,14 +54,15 @@ def save_stage_predictions(cfg, name: str, visuals_dir: str, count: int, scale: 
         for k, inputs in enumerate(build_detection_test_loader(cfg, dataset)):
             if k >= count:
                 break
-            image = read_image(inputs[0]["file_name"], format="RGB")
+            image = read_rgb_image(inputs[0]["file_name"])  # the mappers' reader: the pixels the model saw
             drawn = [_enlarge(image, np.zeros(image.shape[:2]), scale)[0]]
             for model in models:
                 seg, segments = model(inputs)[0]["panoptic_seg"]
                 large_image, large_seg = _enlarge(image, seg, scale)
                 drawn.append(draw_panoptic(large_image, large_seg, segments, metadata))
+            titles = ("val image", f"student ({name})", f"teacher ({name})")
             paths.append(os.path.join(visuals_dir, f"{name}_val{k}.png"))
-            save_png_atomic(np.concatenate(drawn, axis=1), paths[-1])
+            save_png_atomic(panel_row(drawn, titles), paths[-1])
     return paths
 
 
