@@ -1,6 +1,4 @@
 """The semi-supervised trainer on the tiny config: step structure, teacher, baselines, evaluation."""
-import os
-
 import pytest
 import torch
 from helpers.engine_setup import engine_cfg, load_checkpoint, train
@@ -141,8 +139,9 @@ def test_dearli_teacher_weights_are_loaded_and_not_ramped(tmp_path):
 
 def test_periodic_evaluation_covers_student_and_teacher(tmp_path):
     cfg = engine_cfg(tmp_path, **{"SOLVER.MAX_ITER": 2, "TEST.EVAL_PERIOD": 1, "DATASETS.TEST": ["dearli_shapes_val"]})
-    trainer = train(cfg)
-    results = trainer._last_eval_results
+    trainer = DEARLiTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    results = trainer.train()  # the last evaluation's results
     for metrics in (results, results["teacher"]):
         assert {"PQ", "SQ", "RQ", "PQ-circle"} <= set(metrics["panoptic_seg"])
         assert {"mIoU", "IoU-circle"} <= set(metrics["sem_seg"])
@@ -163,9 +162,10 @@ def load_tool(name):
 
 
 def test_eval_only_and_exported_teacher_reproduce_training_time_evaluation(tmp_path):
-    trained = train(engine_cfg(tmp_path / "run", **{"SOLVER.MAX_ITER": 2, "MODEL.TEACHER.EMA_DECAY": 0.5,
-                                                    "DATASETS.TEST": ["dearli_shapes_val"]}))
-    at_training = trained._last_eval_results
+    trained = DEARLiTrainer(engine_cfg(tmp_path / "run", **{"SOLVER.MAX_ITER": 2, "MODEL.TEACHER.EMA_DECAY": 0.5,
+                                                           "DATASETS.TEST": ["dearli_shapes_val"]}))
+    trained.resume_or_load(resume=False)
+    at_training = trained.train()
     train_net, export = load_tool("train_net"), load_tool("export_teacher")
     checkpoint, exported = tmp_path / "run" / "model_final.pth", tmp_path / "teacher.pth"
     common = ["DATASETS.TEST", "('dearli_shapes_val',)", "SSL.ENABLED", "True", "OUTPUT_DIR", str(tmp_path / "eval")]
