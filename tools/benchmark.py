@@ -24,11 +24,14 @@ MODEL.SEM_SEG_HEAD.DEFORMABLE_CHECKPOINT True`` (KEY VALUE pairs after the optio
 train_net.py; ``--opts KEY VALUE ...`` is accepted as an alias).
 """
 import argparse
+import collections
+import contextlib
 import json
 import os
 import statistics
 import tempfile
 import time
+import warnings
 from typing import Callable, Dict, List
 
 import torch
@@ -49,6 +52,7 @@ from dearli.engine.teacher import MeanTeacher
 from dearli.engine.trainer import DEARLiTrainer
 from dearli.modeling.checkpoint import DEARLiCheckpointer
 from dearli.utils.atomic_io import atomic_write
+from dearli.utils.sync_counter import SyncCounter
 from dearli.utils.threads import setup_threads
 
 TASKS = ("train", "infer", "teacher")
@@ -66,6 +70,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed iterations first (default 2)")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="overrides MODEL.DEVICE")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
+    parser.add_argument("--count-syncs", action="store_true",
+                        help="train only: count would-be GPU syncs and aten ops per timed iteration, by call "
+                             "site (dearli/utils/sync_counter.py); timings are then not meaningful")
     add_tool_arguments(parser)
     return parser
 
@@ -147,12 +154,37 @@ class _BenchmarkTrainer(DEARLiTrainer):
     """DEARLiTrainer with only the hooks that are part of an iteration (no checkpoints, evaluation
     or log writers), plus the recorder."""
 
-    def __init__(self, cfg, recorder: _IterationRecorder):
+    def __init__(self, cfg, recorder: _IterationRecorder, counter: SyncCounter = None):
         self.recorder = recorder  # read by build_hooks, which DEARLiTrainer.__init__ calls
+        self.counter = counter
         super().__init__(cfg)
+        if counter is not None:
+            self._trainer._next_batch = self._host_batch(self._trainer._next_batch)
 
     def build_hooks(self):
         return [PseudoLabelTelemetry(self.cfg, self.teacher), hooks.LRScheduler(), self.recorder]
+
+    # With a counter, the window of a timed iteration is every hook and the step, without the loader.
+    def _counting(self) -> bool:
+        return self.counter is not None and self.iter >= self.recorder.warmup
+
+    def before_step(self):
+        if self._counting():
+            self.counter.__enter__()
+        super().before_step()
+
+    def after_step(self):
+        super().after_step()
+        if self._counting():
+            self.counter.__exit__(None, None, None)
+
+    def _host_batch(self, next_batch):
+        def fetch():
+            with self.counter.paused():
+                batch = next_batch()
+            self.counter.mark_host(batch)  # the loader's tensors live on the host
+            return batch
+        return fetch
 
 
 def images_per_train_iteration(cfg) -> int:
@@ -161,16 +193,54 @@ def images_per_train_iteration(cfg) -> int:
     return labeled + (round(labeled * cfg.DATALOADER.UNLABELED_RATIO) if cfg.SSL.ENABLED else 0)
 
 
-def benchmark_train(cfg, warmup: int, iters: int, timer: PhaseTimer) -> None:
+def benchmark_train(cfg, warmup: int, iters: int, timer: PhaseTimer, counter: SyncCounter = None) -> None:
     with tempfile.TemporaryDirectory(prefix="dearli_benchmark_") as output_dir:
         cfg = cfg.clone()
         cfg.defrost()
         cfg.SOLVER.MAX_ITER = warmup + iters
         cfg.OUTPUT_DIR = output_dir  # the hook writes its end-of-run statistics there
         recorder = _IterationRecorder(timer, warmup, images_per_train_iteration(cfg))
-        trainer = _BenchmarkTrainer(cfg, recorder)
+        trainer = _BenchmarkTrainer(cfg, recorder, counter)
         trainer.resume_or_load(resume=False)
-        trainer.train()
+        with cuda_sync_warnings(timer.device_type, counter):
+            trainer.train()
+
+
+@contextlib.contextmanager
+def cuda_sync_warnings(device_type: str, counter: SyncCounter = None):
+    """On CUDA with a counter: torch.cuda.set_sync_debug_mode("warn") and its warnings counted by
+    source line into ``counter.cuda_sync_warnings`` (an independent check of the counter)."""
+    if counter is None or device_type != "cuda":
+        yield
+        return
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    sites = collections.Counter(f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
+    counter.cuda_sync_warnings = dict(sites.most_common())
+
+
+def sync_report(counter: SyncCounter, iterations: int, top: int = 40) -> Dict:
+    """Per-iteration sync and op counts, with the busiest call sites (counts over all iterations)."""
+    kinds = collections.Counter()
+    for (kind, _), count in counter.syncs.items():
+        kinds[kind] += count
+    report = {
+        "iterations": iterations,
+        "syncs_per_iter": counter.num_syncs / iterations,
+        "ops_per_iter": counter.num_ops / iterations,
+        "sync_kinds": dict(kinds.most_common()),
+        "syncs_by_site": dict(list(counter.by_site("syncs").items())[:top]),
+        "ops_by_site": dict(list(counter.by_site("ops").items())[:top]),
+    }
+    if hasattr(counter, "cuda_sync_warnings"):
+        report["cuda_sync_warnings_per_iter"] = sum(counter.cuda_sync_warnings.values()) / iterations
+        report["cuda_sync_warnings_by_site"] = dict(list(counter.cuda_sync_warnings.items())[:top])
+    return report
 
 
 # ---- infer and teacher ----------------------------------------------------------------------------
@@ -248,6 +318,11 @@ def summarise(args, cfg, timer: PhaseTimer) -> Dict:
 
 
 def format_table(result: Dict) -> str:
+    if "sync_count" in result:
+        counts = result["sync_count"]
+        sites = tabulate(list(counts["syncs_by_site"].items()), headers=["call site", "syncs"], tablefmt="pipe")
+        return (f"per training iteration ({counts['iterations']} counted): {counts['syncs_per_iter']:.1f} syncs, "
+                f"{counts['ops_per_iter']:.0f} aten ops\n{sites}")
     rows = [[phase, f"{p['median_s']:.4f}", f"{p['min_s']:.4f}", f"{p['max_s']:.4f}"]
             for phase, p in result["phases"].items()]
     table = tabulate(rows, headers=["phase", "median s", "min s", "max s"], tablefmt="pipe")
@@ -268,10 +343,18 @@ def main(argv=None) -> Dict:
         cfg = setup_cfg(args)
     except ValueError as e:
         parser.error(str(e))
+    if args.count_syncs and args.task != "train":
+        parser.error(f"--count-syncs counts training iterations; it needs --task train, not {args.task}")
     timer = PhaseTimer(torch.device(cfg.MODEL.DEVICE).type)
-    run_task = {"train": benchmark_train, "infer": benchmark_infer, "teacher": benchmark_teacher}[args.task]
-    run_task(cfg, args.warmup, args.iters, timer)
+    counter = SyncCounter() if args.count_syncs else None
+    if counter is not None:
+        benchmark_train(cfg, args.warmup, args.iters, timer, counter)
+    else:
+        run_task = {"train": benchmark_train, "infer": benchmark_infer, "teacher": benchmark_teacher}[args.task]
+        run_task(cfg, args.warmup, args.iters, timer)
     result = summarise(args, cfg, timer)
+    if counter is not None:
+        result["sync_count"] = sync_report(counter, args.iters)
     print(format_table(result))
     print(json.dumps(result))
     if args.json:

@@ -10,6 +10,13 @@ matched to targets (:class:`HungarianMatcher`), then
 
 each multiplied by its weight (CLASS/MASK/DICE_WEIGHT). Auxiliary set i gets the suffix ``_{i}``.
 
+Batched: the targets are flattened once per call (:mod:`.target_batch`); the cost tables of all
+prediction sets are solved by one host round trip (``dearli::hungarian_match``); the class loss of
+all sets is one cross-entropy; the mask losses of a set are one group of ops over all its matched
+pairs, whose points come from a counter-based RNG keyed by each image's ``seed`` and the pair's
+rank (:mod:`.point_sampling`), so they do not depend on the batch. There is no data-dependent
+host branch: ``torch._dynamo`` traces the whole criterion without a graph break.
+
 Normalisers are global: ``num_masks`` (targets in the whole distributed batch / world size,
 clamped >= 1) and the CE weight sum are all-reduced in one call, so the gradient of a batch split
 over several processes equals the gradient of the same batch on one process. On one process
@@ -19,32 +26,20 @@ Class-agnostic mode (``CLASS_WEIGHT == 0``, the SAM warm-up): every target is th
 ("object"), matching reads masks only, and ``loss_ce`` is computed and multiplied by 0, which keeps
 the classifier in the autograd graph (DDP requires every parameter to receive a gradient).
 """
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import torch
 import torch.distributed as dist
 from detectron2.config import configurable
-from detectron2.structures import BitMasks
 from detectron2.utils import comm
 from torch import nn
 from torch.nn import functional as F
 
-from .matcher import HungarianMatcher
-from .point_sampling import LOSS_PURPOSE, MATCHER_PURPOSE, point_sample, seeded_generator, uncertain_points
+from .matcher import HungarianMatcher, hungarian_match
+from .point_sampling import LOSS_PURPOSE, MATCHER_PURPOSE, pair_keys, point_sample, stream_keys, uncertain_points
+from .target_batch import TargetBatch, build_target_batch
 
 CONFIDENCE_WEIGHTINGS = ("none", "segment_score")
-
-
-def as_mask_tensor(masks, name: str = "gt_masks") -> torch.Tensor:
-    """The bool [N, H, W] tensor of ``masks`` (a bool tensor or detectron2 ``BitMasks``)."""
-    if isinstance(masks, BitMasks):
-        return masks.tensor
-    if isinstance(masks, torch.Tensor) and masks.dtype == torch.bool and masks.dim() == 3:
-        return masks
-    described = type(masks).__name__
-    if isinstance(masks, torch.Tensor):
-        described += f" of dtype {masks.dtype} and shape {tuple(masks.shape)}"
-    raise TypeError(f"{name} must be a bool tensor [N, H, W] or detectron2 BitMasks, got {described}")
 
 
 def dice_loss(logits: torch.Tensor, targets: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -64,6 +59,32 @@ def sigmoid_ce_loss(logits: torch.Tensor, targets: torch.Tensor, weights: Option
     return (per_point * weights).sum(-1) / weights.sum(-1).clamp(min=1e-6)
 
 
+class _PairLayout:
+    """Host-known layout of the matched pairs (the same in every prediction set), and the point
+    keys of every set, moved to the device in one non-blocking copy.
+
+    Pair m belongs to image ``image[m]``, is its ``rank[m]``-th pair and its target's flat index is
+    ``offset[m] + target_idx[m]``.
+    """
+
+    def __init__(self, batch: TargetBatch, num_queries: int, seed_stream: int, layers: List[int], device):
+        per_image = [min(num_queries, n) for n in batch.counts]
+        self.num_pairs = sum(per_image)
+        self.max_pairs = max(per_image, default=0)
+        image = [b for b, n in enumerate(per_image) for _ in range(n)]
+        rank = [k for n in per_image for k in range(n)]
+        offset = [batch.offsets[b] for b in image]
+        keys = torch.stack([
+            torch.stack([stream_keys(batch.seeds, (seed_stream, layer, purpose)) for purpose in (MATCHER_PURPOSE, LOSS_PURPOSE)])
+            for layer in layers
+        ])  # [S, 2, B, 2]
+        pairs = torch.tensor([image, rank, offset], dtype=torch.int64).view(3, -1)
+        packed = torch.cat([keys.reshape(-1), pairs.reshape(-1)]).to(device, non_blocking=True)
+        keys_on_device, pairs_on_device = packed.split([keys.numel(), pairs.numel()])
+        self.keys = keys_on_device.view(keys.shape)
+        self.image, self.rank, self.offset = pairs_on_device.view(3, -1)
+
+
 class SetCriterion(nn.Module):
     """Mask2Former's set loss, for labeled and pseudo-labeled targets alike.
 
@@ -74,7 +95,6 @@ class SetCriterion(nn.Module):
     (read when ``ignore_padding``) and "weights" float [N] (read when ``use_segment_weights``:
     scales each target's BCE and Dice terms; CE is not weighted).
     """
-
     @configurable
     def __init__(
         self,
@@ -144,137 +164,101 @@ class SetCriterion(nn.Module):
     def forward(self, outputs: Dict, targets: List[Dict], seed_stream: int = 0) -> Dict[str, torch.Tensor]:
         """The weighted losses of every prediction set. ``seed_stream`` separates the point streams
         of target sets whose samples may share seeds (the model passes 0 labeled, 1 pseudo)."""
-        targets = [self._checked_target(t, i) for i, t in enumerate(targets)]
         pred_logits = outputs["pred_logits"]
-        device_type = pred_logits.device.type
+        device = pred_logits.device
         aux_outputs = outputs.get("aux_outputs", []) if self.deep_supervision else []
-        # Layer index seeds the points: the final set has the same index with or without aux sets.
-        prediction_sets = [(f"_{i}", i, aux) for i, aux in enumerate(aux_outputs)]
-        prediction_sets.append(("", len(outputs.get("aux_outputs", [])), outputs))
-        with torch.autocast(device_type=device_type, enabled=False):
-            num_masks, ce_weight_sum = self._global_normalisers(targets, pred_logits.shape[1], pred_logits.device)
+        # Layer index keys the points: the final set has the same index with or without aux sets.
+        suffixes = [f"_{i}" for i in range(len(aux_outputs))] + [""]
+        layers = list(range(len(aux_outputs))) + [len(outputs.get("aux_outputs", []))]
+        predictions = list(aux_outputs) + [outputs]
+        with torch.autocast(device_type=device.type, enabled=False):
+            batch = build_target_batch(targets, self.num_classes, device, class_agnostic=self.class_agnostic,
+                                       with_valid=self.ignore_padding, with_weights=self.use_segment_weights)
+            layout = _PairLayout(batch, pred_logits.shape[1], seed_stream, layers, device)
+            num_masks, ce_weight_sum = self._global_normalisers(batch, pred_logits.shape[1], device)
+            costs = torch.stack([
+                self.matcher.cost_tables(p["pred_logits"], p["pred_masks"], batch, layout.keys[s, MATCHER_PURPOSE])
+                for s, p in enumerate(predictions)
+            ])
+            query_idx, target_idx = hungarian_match(costs, batch.counts)  # [S, M] each
+            loss_ce = self._class_losses(predictions, batch, layout, query_idx, target_idx) / ce_weight_sum
             losses = {}
-            for suffix, layer, prediction in prediction_sets:
-                set_losses = self._set_losses(prediction, targets, (seed_stream, layer), num_masks, ce_weight_sum)
-                for name, value in set_losses.items():
-                    losses[name + suffix] = value
+            for s, (suffix, prediction) in enumerate(zip(suffixes, predictions)):
+                loss_mask, loss_dice = self._mask_losses(
+                    prediction["pred_masks"].float(), batch, layout, s, query_idx[s], target_idx[s]
+                )
+                losses["loss_ce" + suffix] = self.class_weight * loss_ce[s]
+                losses["loss_mask" + suffix] = self.mask_weight * loss_mask / num_masks
+                losses["loss_dice" + suffix] = self.dice_weight * loss_dice / num_masks
         return losses
 
-    def _checked_target(self, target: Dict, index: int) -> Dict:
-        masks = as_mask_tensor(target["masks"], name=f"targets[{index}]['masks']")
-        labels = target["labels"]
-        if len(labels) != len(masks):
-            raise ValueError(f"targets[{index}]: {len(labels)} labels but {len(masks)} masks")
-        if self.class_agnostic:
-            labels = torch.zeros_like(labels)  # one "object" class
-        elif len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise ValueError(
-                f"targets[{index}]: class ids must lie in [0, {self.num_classes}) "
-                f"(MODEL.SEM_SEG_HEAD.NUM_CLASSES), got {labels.tolist()}"
-            )
-        return {**target, "labels": labels, "masks": masks}
-
-    def _global_normalisers(self, targets, num_queries: int, device):
+    def _global_normalisers(self, batch: TargetBatch, num_queries: int, device):
         """(num_masks, CE weight sum), each summed over processes and divided by the world size.
 
         Matched queries have CE weight 1 and unmatched ones NO_OBJECT_WEIGHT; each image has
-        min(Q, N) matched queries in every prediction set, so the weight sum needs only N.
+        min(Q, N) matched queries in every prediction set, so the weight sum needs only the target
+        counts, which the host knows: one process needs no tensor at all.
         """
-        num_targets = torch.tensor([float(len(t["labels"])) for t in targets], device=device)
-        matched = num_targets.clamp(max=num_queries)
-        ce_weight_sum = (matched + self.no_object_weight * (num_queries - matched)).sum()
-        totals = torch.stack([num_targets.sum(), ce_weight_sum])
+        num_targets = float(sum(batch.counts))
+        matched = [min(num_queries, n) for n in batch.counts]
+        ce_weight_sum = float(sum(m + self.no_object_weight * (num_queries - m) for m in matched))
         world_size = comm.get_world_size()
-        if world_size > 1:
-            dist.all_reduce(totals)
-            totals = totals / world_size
+        if world_size == 1:
+            return max(num_targets, 1.0), max(ce_weight_sum, 1e-12)
+        totals = torch.tensor([num_targets, ce_weight_sum], device=device)
+        dist.all_reduce(totals)
+        totals = totals / world_size
         return totals[0].clamp(min=1.0), totals[1].clamp(min=1e-12)
 
-    def _set_losses(self, prediction, targets, seed_offsets, num_masks, ce_weight_sum) -> Dict[str, torch.Tensor]:
-        logits = prediction["pred_logits"].float()
-        masks = prediction["pred_masks"].float()
-        seeds = [t.get("seed") for t in targets]
-        matcher_generators = [seeded_generator(s, (*seed_offsets, MATCHER_PURPOSE), masks.device) for s in seeds]
-        indices = self.matcher(logits, masks, targets, matcher_generators)
-        loss_ce = self._class_loss(logits, targets, indices) / ce_weight_sum
-        loss_generators = [seeded_generator(s, (*seed_offsets, LOSS_PURPOSE), masks.device) for s in seeds]
-        loss_mask, loss_dice = self._mask_losses(masks, targets, indices, loss_generators)
-        return {
-            "loss_ce": self.class_weight * loss_ce,
-            "loss_mask": self.mask_weight * loss_mask / num_masks,
-            "loss_dice": self.dice_weight * loss_dice / num_masks,
-        }
+    def _class_losses(self, predictions, batch: TargetBatch, layout: _PairLayout, query_idx, target_idx) -> torch.Tensor:
+        """Weighted CE summed over all queries (void for unmatched ones), per set: [S]."""
+        logits = torch.stack([p["pred_logits"].float() for p in predictions])  # [S, B, Q, C+1]
+        num_sets, num_images, num_queries = logits.shape[:3]
+        target_classes = torch.full((num_sets, num_images, num_queries), self.num_classes, dtype=torch.int64,
+                                    device=logits.device)
+        if layout.num_pairs:
+            set_of_pair = torch.arange(num_sets, device=logits.device)[:, None].expand_as(query_idx)
+            labels = batch.labels[layout.offset[None] + target_idx]
+            target_classes = target_classes.index_put((set_of_pair, layout.image[None].expand_as(query_idx), query_idx), labels)
+        per_query = F.cross_entropy(logits.flatten(0, 2), target_classes.flatten(), weight=self.empty_weight, reduction="none")
+        return per_query.view(num_sets, -1).sum(1)
 
-    def _class_loss(self, logits, targets, indices) -> torch.Tensor:
-        """Weighted CE summed over all queries (void for unmatched ones)."""
-        target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
-        for b, (query_idx, target_idx) in enumerate(indices):
-            target_classes[b, query_idx.to(logits.device)] = targets[b]["labels"].to(logits.device)[target_idx]
-        per_query = F.cross_entropy(logits.transpose(1, 2), target_classes, weight=self.empty_weight, reduction="none")
-        return per_query.sum()
-
-    def _mask_losses(self, masks, targets, indices, generators):
-        """BCE and Dice summed over matched pairs, on importance-sampled points."""
-        device = masks.device
-        matched_preds, matched_targets, counts = [], [], []
-        for b, (query_idx, target_idx) in enumerate(indices):
-            matched_preds.append(masks[b, query_idx.to(device)])
-            matched_targets.append(targets[b]["masks"][target_idx.to(targets[b]["masks"].device)].to(device))
-            counts.append(len(query_idx))
-        if sum(counts) == 0:
+    def _mask_losses(self, masks, batch: TargetBatch, layout: _PairLayout, set_index: int, query_idx, target_idx):
+        """BCE and Dice summed over the matched pairs of one set, on importance-sampled points."""
+        if layout.num_pairs == 0:
             zero = masks.sum() * 0.0  # keeps the mask head in the graph
             return zero, zero
-        preds = torch.cat(matched_preds)[:, None]  # [M, 1, h, w]
-        points = torch.cat([
-            uncertain_points(p[:, None], self.num_points, self.oversample_ratio, self.importance_sample_ratio, g)
-            for p, g in zip(matched_preds, generators)
-            if len(p)
-        ])  # [M, P, 2]; each image's points from its own generator
+        preds = masks[layout.image, query_idx][:, None]  # [M, 1, h, w]
+        keys = pair_keys(layout.keys[set_index, LOSS_PURPOSE][layout.image], layout.rank)
+        points = uncertain_points(preds, keys, self.num_points, self.oversample_ratio, self.importance_sample_ratio)
         pred_points = point_sample(preds, points)[:, 0]
-        target_points = self._sample_targets(matched_targets, points)
-        point_weights = self._point_validity(targets, counts, points)
+        target_of_pair = layout.offset + target_idx
+        target_points = _sample_targets(batch.masks, target_of_pair, points)
+        point_weights = self._point_validity(batch, layout, points)
         bce = sigmoid_ce_loss(pred_points, target_points, point_weights)
         dice = dice_loss(pred_points, target_points, point_weights)
-        segment_weights = self._segment_weights(targets, indices, device)
-        if segment_weights is not None:
+        if self.use_segment_weights:
+            segment_weights = batch.weights[target_of_pair]
             bce, dice = bce * segment_weights, dice * segment_weights
         return bce.sum(), dice.sum()
 
-    @staticmethod
-    def _sample_targets(matched_targets: Sequence[torch.Tensor], points: torch.Tensor) -> torch.Tensor:
-        """Target values at the points; images may differ in canvas size, so sample per image."""
-        values, start = [], 0
-        for target_masks in matched_targets:
-            n = len(target_masks)
-            if n:
-                values.append(point_sample(target_masks[:, None].to(points.dtype), points[start:start + n])[:, 0])
-            start += n
-        return torch.cat(values)
+    def _point_validity(self, batch: TargetBatch, layout: _PairLayout, points) -> Optional[torch.Tensor]:
+        """Per-point weights 1 on real pixels, 0 on padding (when ignoring padding), else None.
 
-    def _point_validity(self, targets, counts, points) -> Optional[torch.Tensor]:
-        """Per-point weights 1 on real pixels, 0 on padding (when ignoring padding), else None."""
-        if not self.ignore_padding:
+        Each image's valid map is read once at the points of all its pairs: the pairs' points are
+        laid out per image ([B, max pairs * P]) for one sampling call.
+        """
+        if not self.ignore_padding or batch.valid is None:
             return None
-        weights, start = [], 0
-        for target, n in zip(targets, counts):
-            chunk = points[start:start + n]
-            valid = target.get("valid_mask")
-            if valid is None:
-                weights.append(chunk.new_ones(chunk.shape[:2]))
-            elif n:
-                valid_map = valid[None, None].to(chunk).expand(n, 1, *valid.shape)
-                weights.append(point_sample(valid_map, chunk)[:, 0])
-            start += n
-        return torch.cat(weights)
+        num_points = points.shape[1]
+        grid = points.new_zeros(batch.num_images, layout.max_pairs, num_points, 2)
+        grid = grid.index_put((layout.image, layout.rank), points).flatten(1, 2)
+        values = point_sample(batch.valid[:, None], grid)[:, 0].view(batch.num_images, layout.max_pairs, num_points)
+        return values[layout.image, layout.rank]
 
-    def _segment_weights(self, targets, indices, device) -> Optional[torch.Tensor]:
-        if not self.use_segment_weights:
-            return None
-        weights = []
-        for target, (_, target_idx) in zip(targets, indices):
-            per_target = target.get("weights")
-            if per_target is None:
-                weights.append(torch.ones(len(target_idx), device=device))
-            else:
-                weights.append(per_target.to(device=device, dtype=torch.float32)[target_idx.to(per_target.device)])
-        return torch.cat(weights)
+
+def _sample_targets(target_masks: torch.Tensor, target_of_pair: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Values [M, P] of each pair's target mask at its points: every target of the batch is read
+    once (a target is in at most one pair of a set), with no copy of the masks."""
+    per_target = points.new_zeros(len(target_masks), *points.shape[1:]).index_put((target_of_pair,), points)
+    return point_sample(target_masks[:, None], per_target)[:, 0][target_of_pair]

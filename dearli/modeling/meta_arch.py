@@ -24,8 +24,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import backbone as _backbone  # noqa: F401  (registers OpenCLIPBackbone)
-from .criterion import SetCriterion, as_mask_tensor
+from .criterion import SetCriterion
 from .inference import panoptic_inference, semantic_inference
+from .target_batch import as_mask_tensor
 from .text_classifier import TextClassifier, classifier_with_void, ensemble_class_scores
 
 TRAINING_SETS = ("labeled", "pseudo_labeled")
@@ -202,7 +203,8 @@ class DEARLi(nn.Module):
         return class_scores, outputs["pred_masks"]
 
     def prepare_targets(self, samples: List[Dict], padded_size) -> List[Dict]:
-        """Criterion targets with masks (and valid areas) padded to the batch canvas."""
+        """Criterion targets with masks (and valid areas) padded to the batch canvas. They stay where
+        the sample holds them: the criterion moves a batch's targets to the device in one go."""
         return [self._target(sample, padded_size) for sample in samples]
 
     def _target(self, sample: Dict, padded_size) -> Dict:
@@ -215,14 +217,14 @@ class DEARLi(nn.Module):
         if tuple(masks.shape[-2:]) != image_size:
             raise ValueError(f"{name!r}: gt_masks are {tuple(masks.shape[-2:])} but the image is {image_size}")
         target = {
-            "labels": instances.gt_classes.to(self.device),
-            "masks": _pad_to(masks.to(self.device), padded_size),
+            "labels": instances.gt_classes,
+            "masks": _pad_to(masks, padded_size),
             "seed": sample.get("sample_seed"),
         }
         if sample.get("valid_mask") is not None:
-            target["valid_mask"] = _pad_to(sample["valid_mask"].to(self.device), padded_size)
+            target["valid_mask"] = _pad_to(sample["valid_mask"], padded_size)
         if sample.get("segment_weights") is not None:
-            target["weights"] = torch.as_tensor(sample["segment_weights"], device=self.device)
+            target["weights"] = torch.as_tensor(sample["segment_weights"])
         return target
 
 

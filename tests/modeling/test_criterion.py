@@ -6,9 +6,10 @@ import torch
 from detectron2.structures import BitMasks
 from torch.nn import functional as F
 
-from dearli.modeling.criterion import SetCriterion, as_mask_tensor, dice_loss, sigmoid_ce_loss
+from dearli.modeling.criterion import SetCriterion, dice_loss, sigmoid_ce_loss
 from dearli.modeling.matcher import HungarianMatcher
-from dearli.modeling.point_sampling import point_sample, seeded_generator, uncertain_points
+from dearli.modeling.point_sampling import MATCHER_PURPOSE, point_sample, stream_keys, uncertain_points
+from dearli.modeling.target_batch import as_mask_tensor
 
 NUM_POINTS = 8
 
@@ -70,10 +71,9 @@ def test_ce_equals_torch_weighted_cross_entropy():
     targets = [_target([0, 2], seed=1), _target([1], seed=2)]
     criterion = _criterion(num_classes=3, deep_supervision=False)
     losses = criterion(outputs, targets)
-    indices = criterion.matcher(
-        outputs["pred_logits"], outputs["pred_masks"], [criterion._checked_target(t, i) for i, t in enumerate(targets)],
-        [seeded_generator(s, (0, 0, 0), "cpu") for s in (1, 2)],
-    )
+    # The final set of a criterion without aux outputs is layer 0 of seed stream 0.
+    indices = criterion.matcher(outputs["pred_logits"], outputs["pred_masks"], targets,
+                                stream_keys([1, 2], (0, 0, MATCHER_PURPOSE)))
     classes = torch.full((2, 5), 3)
     for b, (q, t) in enumerate(indices):
         classes[b, q] = targets[b]["labels"][t]
@@ -164,7 +164,7 @@ def test_segment_weights_scale_mask_terms_and_padding_is_ignored_when_asked():
 def test_uncertain_points_prefer_small_logits():
     logits = torch.full((1, 1, 8, 8), 10.0)
     logits[..., :, :2] = 0.0  # an uncertain band at x < 0.25
-    points = uncertain_points(logits, 40, 3.0, 0.75, torch.Generator().manual_seed(0))
+    points = uncertain_points(logits, stream_keys([0], (0,)), 40, 3.0, 0.75)
     assert points.shape == (1, 40, 2)
     assert (points[0, :30, 0] < 0.3).float().mean() > 0.9
 

@@ -6,7 +6,7 @@ import torch
 from torch.nn import functional as F
 
 from dearli.modeling.matcher import HungarianMatcher, dice_cost, sigmoid_ce_cost
-from dearli.modeling.point_sampling import point_sample
+from dearli.modeling.point_sampling import point_sample, stream_keys, uniform_points
 
 NUM_POINTS = 64
 
@@ -55,8 +55,9 @@ def _brute_force_minimum(cost):
 def test_assignment_is_optimal_against_brute_force(seed, num_queries, num_targets):
     logits, masks, target = _random_problem(seed, num_queries, num_targets)
     matcher = HungarianMatcher(cost_class=2.0, cost_mask=5.0, cost_dice=5.0, num_points=NUM_POINTS)
-    [(query_idx, target_idx)] = matcher(logits, masks, [target], [torch.Generator().manual_seed(7)])
-    points = torch.rand(1, NUM_POINTS, 2, generator=torch.Generator().manual_seed(7))
+    keys = stream_keys([7], (0,))
+    [(query_idx, target_idx)] = matcher(logits, masks, [target], keys)
+    points = uniform_points(keys, NUM_POINTS)
     cost = _pairwise_cost_by_loops(logits, masks, target, points)
 
     assert len(query_idx) == len(target_idx) == min(num_queries, num_targets)
@@ -85,8 +86,8 @@ def test_zero_targets_gives_empty_indices_next_to_a_normal_image():
 def test_class_agnostic_matching_ignores_class_logits():
     logits, masks, target = _random_problem(8, num_queries=4, num_targets=3)
     matcher = HungarianMatcher(cost_class=0.0, cost_mask=5.0, cost_dice=5.0, num_points=NUM_POINTS)
-    first = matcher(logits, masks, [target], [torch.Generator().manual_seed(1)])
-    second = matcher(-10 * logits, masks, [target], [torch.Generator().manual_seed(1)])
+    first = matcher(logits, masks, [target], stream_keys([1], (0,)))
+    second = matcher(-10 * logits, masks, [target], stream_keys([1], (0,)))
     assert torch.equal(first[0][0], second[0][0]) and torch.equal(first[0][1], second[0][1])
 
 
