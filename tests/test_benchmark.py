@@ -75,6 +75,7 @@ def test_teacher_with_the_gpu_options_selected_on_cpu(tmp_path):
     (["--task", "infer", "--config-file", TINY_DEARLI, "--opts", "DATASETS.TEST", "()"],
      "DATASETS.TEST[0], which is empty"),
     (["--task", "infer", "--config-file", TINY_DEARLI, "--iters", "0"], "--iters must be >= 1"),
+    (["--task", "infer", "--config-file", TINY_DEARLI, "--count-syncs"], "it needs --task train, not infer"),
 ])
 def test_bad_requests_are_clear_errors(capsys, args, message):
     if "--iters" not in args:
@@ -90,3 +91,18 @@ def test_cuda_without_a_gpu_is_a_clear_error(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         benchmark.main(["--config-file", TINY_DEARLI, "--task", "infer", "--iters", "1", "--device", "cuda"])
     assert "CUDA is not available; use --device cpu" in capsys.readouterr().err
+
+
+def test_count_syncs_reports_per_iteration_counts_by_call_site(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run_benchmark("train", tmp_path, "--count-syncs")
+    counts = result["sync_count"]
+    assert set(result) == REPORTED_FIELDS | {"sync_count"}
+    assert counts["iterations"] == 2
+    assert counts["syncs_per_iter"] == sum(counts["sync_kinds"].values()) / 2
+    assert counts["ops_per_iter"] > 1000  # two forwards, a backward, the teacher and the optimizer
+    # One host round trip per criterion call (labeled and pseudo-labeled): the assignment op.
+    matcher_site = [site for site in counts["syncs_by_site"] if site.startswith("dearli/modeling/criterion.py")]
+    assert counts["sync_kinds"]["dearli.hungarian_match"] == 2 * 2 and len(matcher_site) == 1
+    # The losses are read once per iteration (finite check and metrics).
+    assert counts["syncs_by_site"][next(s for s in counts["syncs_by_site"] if "losses_on_host" in s)] == 2

@@ -170,6 +170,8 @@ class _BenchmarkTrainer(DEARLiTrainer):
 
     def before_step(self):
         if self._counting():
+            # Optimizer step counters live on the host on a GPU too (PyTorch keeps them on the CPU).
+            self.counter.mark_host([s["step"] for s in self.optimizer.state.values() if "step" in s])
             self.counter.__enter__()
         super().before_step()
 

@@ -75,6 +75,13 @@ def stop_if_not_finite(loss_dict, iteration: int) -> None:
         )
 
 
+def losses_on_host(loss_dict):
+    """The losses as 0-dim CPU tensors, from one device-to-host copy: the finite check and the
+    metrics read these instead of waiting for the device once per loss."""
+    values = torch.stack([v.detach().float().reshape(()) for v in loss_dict.values()]).cpu()
+    return dict(zip(loss_dict, values.unbind()))
+
+
 class SemiSupervisedStep(SimpleTrainer):
     """One optimizer step: batch -> teacher pseudo-labels -> student losses -> checks -> backward
     -> step -> teacher EMA update.
@@ -130,11 +137,12 @@ class SemiSupervisedStep(SimpleTrainer):
                 inputs = {"labeled": inputs, "pseudo_labeled": self.teacher.pseudo_label(batch["unlabeled"])}
             student_start = self._now()
             loss_dict = self.model(inputs)
-        stop_if_not_finite(loss_dict, self.iter)
+        host_losses = losses_on_host(loss_dict)
+        stop_if_not_finite(host_losses, self.iter)
         losses = sum(loss_dict.values())
         self.optimizer.zero_grad(set_to_none=True)
         self.precision.backward(losses)
-        self._write_metrics(loss_dict, data_time)
+        self._write_metrics(host_losses, data_time)
         self.precision.step(self.optimizer)
         self.teacher.update(self.iter)  # before the hooks: a checkpoint at k holds EMA update k
         storage = get_event_storage()

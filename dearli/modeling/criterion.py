@@ -36,7 +36,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from .matcher import HungarianMatcher, hungarian_match
-from .point_sampling import LOSS_PURPOSE, MATCHER_PURPOSE, pair_keys, point_sample, stream_keys, uncertain_points
+from .point_sampling import (
+    LOSS_PURPOSE, MATCHER_PURPOSE, num_candidates_and_uniform, pair_keys, point_sample, select_uncertain, stream_keys,
+    uniform_points,
+)
 from .target_batch import TargetBatch, build_target_batch
 
 CONFIDENCE_WEIGHTINGS = ("none", "segment_score")
@@ -176,16 +179,21 @@ class SetCriterion(nn.Module):
                                        with_valid=self.ignore_padding, with_weights=self.use_segment_weights)
             layout = _PairLayout(batch, pred_logits.shape[1], seed_stream, layers, device)
             num_masks, ce_weight_sum = self._global_normalisers(batch, pred_logits.shape[1], device)
+            # The points of every set in one draw: [S, B, P, 2] for matching, [S, M, ., 2] for the losses.
+            num_sets, num_images = len(predictions), batch.num_images
+            matcher_points = uniform_points(layout.keys[:, MATCHER_PURPOSE].reshape(-1, 2), self.matcher.num_points)
+            matcher_points = matcher_points.view(num_sets, num_images, -1, 2)
             costs = torch.stack([
-                self.matcher.cost_tables(p["pred_logits"], p["pred_masks"], batch, layout.keys[s, MATCHER_PURPOSE])
+                self.matcher.cost_tables(p["pred_logits"], p["pred_masks"], batch, matcher_points[s])
                 for s, p in enumerate(predictions)
             ])
             query_idx, target_idx = hungarian_match(costs, batch.counts)  # [S, M] each
             loss_ce = self._class_losses(predictions, batch, layout, query_idx, target_idx) / ce_weight_sum
+            loss_draws = self._loss_draws(layout, num_sets)
             losses = {}
             for s, (suffix, prediction) in enumerate(zip(suffixes, predictions)):
                 loss_mask, loss_dice = self._mask_losses(
-                    prediction["pred_masks"].float(), batch, layout, s, query_idx[s], target_idx[s]
+                    prediction["pred_masks"].float(), batch, layout, loss_draws[s], query_idx[s], target_idx[s]
                 )
                 losses["loss_ce" + suffix] = self.class_weight * loss_ce[s]
                 losses["loss_mask" + suffix] = self.mask_weight * loss_mask / num_masks
@@ -223,14 +231,22 @@ class SetCriterion(nn.Module):
         per_query = F.cross_entropy(logits.flatten(0, 2), target_classes.flatten(), weight=self.empty_weight, reduction="none")
         return per_query.view(num_sets, -1).sum(1)
 
-    def _mask_losses(self, masks, batch: TargetBatch, layout: _PairLayout, set_index: int, query_idx, target_idx):
+    def _loss_draws(self, layout: _PairLayout, num_sets: int) -> torch.Tensor:
+        """Uniform draws [S, M, candidates + fresh, 2] of every matched pair of every set; pair m of
+        set s uses the stream of its image's (set, loss) key and its rank in the image."""
+        candidates, _, fresh = num_candidates_and_uniform(self.num_points, self.oversample_ratio,
+                                                          self.importance_sample_ratio)
+        image_keys = layout.keys[:, LOSS_PURPOSE][:, layout.image]  # [S, M, 2]
+        keys = pair_keys(image_keys.reshape(-1, 2), layout.rank.repeat(num_sets))
+        return uniform_points(keys, candidates + fresh).view(num_sets, layout.num_pairs, candidates + fresh, 2)
+
+    def _mask_losses(self, masks, batch: TargetBatch, layout: _PairLayout, drawn, query_idx, target_idx):
         """BCE and Dice summed over the matched pairs of one set, on importance-sampled points."""
         if layout.num_pairs == 0:
             zero = masks.sum() * 0.0  # keeps the mask head in the graph
             return zero, zero
         preds = masks[layout.image, query_idx][:, None]  # [M, 1, h, w]
-        keys = pair_keys(layout.keys[set_index, LOSS_PURPOSE][layout.image], layout.rank)
-        points = uncertain_points(preds, keys, self.num_points, self.oversample_ratio, self.importance_sample_ratio)
+        points = select_uncertain(preds, drawn, self.num_points, self.oversample_ratio, self.importance_sample_ratio)
         pred_points = point_sample(preds, points)[:, 0]
         target_of_pair = layout.offset + target_idx
         target_points = _sample_targets(batch.masks, target_of_pair, points)

@@ -138,7 +138,8 @@ class HungarianMatcher(nn.Module):
                                    with_valid=self.ignore_padding)
         if keys is None:
             keys = torch.randint(0, 2**32, (len(targets), 2), dtype=torch.int64)
-        costs = self.cost_tables(pred_logits, pred_masks, batch, keys.to(pred_masks.device))
+        points = uniform_points(keys.to(pred_masks.device), self.num_points)
+        costs = self.cost_tables(pred_logits, pred_masks, batch, points)
         query_idx, target_idx = hungarian_match(costs[None], batch.counts)
         query_idx, target_idx = query_idx[0].cpu(), target_idx[0].cpu()
         sizes = [min(pred_masks.shape[1], n) for n in batch.counts]
@@ -146,11 +147,11 @@ class HungarianMatcher(nn.Module):
 
     @torch.no_grad()
     def cost_tables(self, pred_logits: torch.Tensor, pred_masks: torch.Tensor, batch: TargetBatch,
-                    keys: torch.Tensor) -> torch.Tensor:
-        """[B, Q, N_max] matching costs of one prediction set (columns past an image's N are padding)."""
+                    points: torch.Tensor) -> torch.Tensor:
+        """[B, Q, N_max] matching costs of one prediction set (columns past an image's N are padding),
+        on ``points`` [B, P, 2] (``uniform_points`` of each image's stream)."""
         num_images, num_queries = pred_masks.shape[:2]
         width = max(batch.max_count, 1)
-        points = uniform_points(keys, self.num_points)  # [B, P, 2]: one stream per image
         pred_points = point_sample(pred_masks.float(), points)  # [B, Q, P]
         cost = pred_points.new_zeros(num_images, num_queries, width)
         if batch.max_count == 0:

@@ -173,7 +173,7 @@ class DEARLi(nn.Module):
 
     def preprocess_images(self, images: Sequence[torch.Tensor]) -> ImageList:
         """Normalised images padded (right/bottom) to a multiple of MASK_FORMER.SIZE_DIVISIBILITY."""
-        normalised = [self._normalise(image.to(self.device)) for image in images]
+        normalised = [self._normalise(image.to(self.device, non_blocking=True)) for image in images]
         return ImageList.from_tensors(normalised, self.size_divisibility)
 
     def _normalise(self, image: torch.Tensor) -> torch.Tensor:

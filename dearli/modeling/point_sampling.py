@@ -95,6 +95,12 @@ def uniform_points(keys: torch.Tensor, num_points: int) -> torch.Tensor:
     return counter_uniform(keys, 2 * num_points).view(len(keys), num_points, 2)
 
 
+def num_candidates_and_uniform(num_points: int, oversample_ratio: float, importance_sample_ratio: float):
+    """(uniform candidates drawn, uncertain ones kept, fresh uniform ones) of importance sampling."""
+    num_uncertain = int(importance_sample_ratio * num_points)
+    return int(num_points * oversample_ratio), num_uncertain, num_points - num_uncertain
+
+
 def uncertain_points(
     mask_logits: torch.Tensor,
     keys: torch.Tensor,
@@ -102,21 +108,28 @@ def uncertain_points(
     oversample_ratio: float,
     importance_sample_ratio: float,
 ) -> torch.Tensor:
-    """PointRend importance sampling on ``mask_logits`` [N, 1, H, W] -> points [N, num_points, 2].
-
-    Draw ``oversample_ratio * num_points`` uniform candidates, keep the
-    ``importance_sample_ratio * num_points`` most uncertain ones (smallest |logit|) and fill up with
-    fresh uniform points; mask n draws from the stream of ``keys[n]``. The logits only choose
-    points; no gradient flows through the choice.
-    """
-    num_masks = mask_logits.shape[0]
-    num_candidates = int(num_points * oversample_ratio)
-    num_uncertain = int(importance_sample_ratio * num_points)
-    num_uniform = num_points - num_uncertain
+    """PointRend importance sampling on ``mask_logits`` [N, 1, H, W] -> points [N, num_points, 2];
+    mask n draws from the stream of ``keys[n]`` (see :func:`select_uncertain`)."""
+    num_candidates, _, num_uniform = num_candidates_and_uniform(num_points, oversample_ratio, importance_sample_ratio)
     drawn = uniform_points(keys, num_candidates + num_uniform)
+    return select_uncertain(mask_logits, drawn, num_points, oversample_ratio, importance_sample_ratio)
+
+
+def select_uncertain(
+    mask_logits: torch.Tensor,
+    drawn: torch.Tensor,
+    num_points: int,
+    oversample_ratio: float,
+    importance_sample_ratio: float,
+) -> torch.Tensor:
+    """Importance sampling from uniform draws ``drawn`` [N, candidates + fresh, 2]: of the
+    ``oversample_ratio * num_points`` candidates keep the ``importance_sample_ratio * num_points``
+    most uncertain ones (smallest |logit|), then the fresh uniform points. The logits only choose
+    points; no gradient flows through the choice."""
+    num_candidates, num_uncertain, _ = num_candidates_and_uniform(num_points, oversample_ratio, importance_sample_ratio)
     candidates, fresh = drawn[:, :num_candidates], drawn[:, num_candidates:]
     with torch.no_grad():
         candidate_logits = point_sample(mask_logits.detach(), candidates)[:, 0]  # [N, candidates]
         most_uncertain = torch.topk(-candidate_logits.abs(), k=num_uncertain, dim=1).indices
     chosen = torch.gather(candidates, 1, most_uncertain.unsqueeze(-1).expand(-1, -1, 2))
-    return torch.cat([chosen, fresh], dim=1).reshape(num_masks, num_points, 2)
+    return torch.cat([chosen, fresh], dim=1)

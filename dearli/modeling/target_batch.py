@@ -103,17 +103,20 @@ def _flat_labels(targets, num_classes: int, device, class_agnostic: bool) -> tor
     if not labels:
         return torch.zeros(0, dtype=torch.int64, device=device)
     on_host = all(label.device.type == "cpu" for label in labels)
-    flat = torch.cat([label.to(labels[0].device).reshape(-1) for label in labels]).to(torch.int64)
+    flat = torch.cat([label.reshape(-1) for label in labels]).to(torch.int64)
     if class_agnostic:
         flat = torch.zeros_like(flat)  # one "object" class
     elif on_host:
-        _check_labels_on_host(labels, num_classes)
+        _check_labels_on_host(flat, labels, num_classes)
     elif len(flat):
         torch._assert_async(((flat >= 0) & (flat < num_classes)).all(), "class id outside [0, NUM_CLASSES)")
     return flat.to(device, non_blocking=True)
 
 
-def _check_labels_on_host(labels: Sequence[torch.Tensor], num_classes: int) -> None:
+def _check_labels_on_host(flat: torch.Tensor, labels: Sequence[torch.Tensor], num_classes: int) -> None:
+    """One check of the whole batch; only a bad batch is searched image by image for the message."""
+    if not len(flat) or not bool(((flat < 0) | (flat >= num_classes)).any()):
+        return
     for index, label in enumerate(labels):
         if len(label) and (label.min() < 0 or label.max() >= num_classes):
             raise ValueError(

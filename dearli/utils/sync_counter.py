@@ -40,6 +40,7 @@ _PROJECT_DIRS = tuple(os.path.join(_REPO_ROOT, d) + os.sep for d in ("dearli", "
 DATA_DEPENDENT_OPS = frozenset({
     "aten._local_scalar_dense", "aten.is_nonzero", "aten.nonzero",
     "aten.masked_select", "aten._unique2", "aten.unique_dim", "aten.unique_consecutive", "aten.equal",
+    "dearli.hungarian_match",  # copies the cost tables to the host (dearli/modeling/matcher.py)
 })
 # Python methods that hand device data to the host (their aten ops, if any, are not syncs).
 _TO_HOST_METHODS = {"cpu", "numpy", "tolist"}
@@ -145,7 +146,7 @@ class _DispatchCounter(TorchDispatchMode):
         counter = self.counter
         kwargs = kwargs or {}
         if not counter.on_host():
-            name = f"aten.{func.overloadpacket.__name__}"
+            name = f"{func.namespace}.{func.overloadpacket.__name__}"
             counter.record_op(name)
             if _is_data_dependent(name, f"{name}.{func._overloadname}", args, kwargs):
                 counter.record_sync(name)
