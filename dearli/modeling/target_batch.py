@@ -106,7 +106,7 @@ def _flat_labels(targets, num_classes: int, device, class_agnostic: bool) -> tor
     flat = torch.cat([label.reshape(-1) for label in labels]).to(torch.int64)
     if class_agnostic:
         flat = torch.zeros_like(flat)  # one "object" class
-    elif on_host:
+    elif on_host and not torch.compiler.is_compiling():  # a traced graph cannot branch on data
         _check_labels_on_host(flat, labels, num_classes)
     elif len(flat):
         torch._assert_async(((flat >= 0) & (flat < num_classes)).all(), "class id outside [0, NUM_CLASSES)")

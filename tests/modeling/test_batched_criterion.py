@@ -113,3 +113,16 @@ def test_counter_streams_are_uniform_reproducible_and_independent():
     assert points.shape == (1, 5, 2) and torch.equal(points.flatten(), values[0, :10])
     ranked = pair_keys(keys[:1].expand(3, 2), torch.arange(3))
     assert len({tuple(k) for k in ranked.tolist()}) == 3 and torch.equal(ranked[:, 1], keys[:1, 1].expand(3))
+
+
+@pytest.mark.slow
+def test_the_criterion_traces_without_graph_breaks_and_compiles_to_the_same_losses():
+    criterion = _criterion(num_classes=4, num_points=32, ignore_padding=True, use_segment_weights=True)
+    outputs, targets = _random_batch(20, [3, 0, 4])
+    explanation = torch._dynamo.explain(criterion)(outputs, targets, 1)
+    assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), explanation.break_reasons
+    torch._dynamo.reset()
+    compiled = torch.compile(criterion, backend="aot_eager")(outputs, targets, 1)
+    eager = criterion(outputs, targets, 1)
+    for key in eager:
+        assert compiled[key].item() == pytest.approx(eager[key].item(), rel=1e-5, abs=1e-7), key
