@@ -74,6 +74,9 @@ def _add_head_config(cfg):
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_DIM_FEEDFORWARD = 1024  # hard-coded 1024 in the reference
     # Recompute encoder layers in backward instead of storing sampling activations (GPU memory).
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_CHECKPOINT = False
+    # Under AMP the pixel decoder follows the autocast dtype except the deformable sampling itself
+    # (always float32); True runs all of it in float32, as the reference does.
+    cfg.MODEL.SEM_SEG_HEAD.FP32_PIXEL_DECODER = False
 
     cfg.MODEL.MASK_FORMER = CN()
     # Transformer decoder: DEC_LAYERS prediction sets = 1 (initial queries) + DEC_LAYERS-1 layers.
@@ -290,6 +293,9 @@ def _add_solver_config(cfg):
     # Mixed precision on GPU: "bf16" (no grad scaler) or "fp16" (with scaler). CPU always fp32.
     cfg.SOLVER.AMP.ENABLED = False
     cfg.SOLVER.AMP.PRECISION = "bf16"
+    # TF32 tensor-core matmuls and convolutions for the float32 parts on CUDA (Ampere and later):
+    # ~10 mantissa bits in the products, float32 accumulation. Ignored on CPU.
+    cfg.SOLVER.AMP.TF32 = True
 
 
 def _add_sam_config(cfg):

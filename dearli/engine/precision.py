@@ -66,12 +66,20 @@ class Precision:
             self.scaler.load_state_dict(state)
 
 
+def set_tf32(enabled: bool) -> None:
+    """TF32 for CUDA float32 matmuls and cuDNN convolutions (SOLVER.AMP.TF32); process-wide flags."""
+    torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
+    torch.backends.cudnn.allow_tf32 = bool(enabled)
+
+
 def build_precision(cfg) -> Precision:
     """The :class:`Precision` of ``SOLVER.AMP`` on ``MODEL.DEVICE``."""
     amp = cfg.SOLVER.AMP
     if amp.PRECISION not in PRECISION_DTYPES:
         raise ValueError(f"SOLVER.AMP.PRECISION={amp.PRECISION!r}; expected one of {sorted(PRECISION_DTYPES)}")
     device_type = torch.device(cfg.MODEL.DEVICE).type
+    if device_type == "cuda":
+        set_tf32(amp.TF32)
     if not amp.ENABLED:
         return Precision(device_type)
     if device_type == "cpu":

@@ -170,3 +170,16 @@ def test_precision_cpu_is_fp32_and_bad_value_is_named():
     cfg.SOLVER.AMP.PRECISION = "fp8"
     with pytest.raises(ValueError, match="SOLVER.AMP.PRECISION='fp8'"):
         build_precision(cfg)
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+def test_tf32_follows_the_config_on_cuda_only(tf32, monkeypatch):
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", not tf32)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", not tf32)
+    cfg = cfg_for()
+    cfg.SOLVER.AMP.TF32 = tf32
+    build_precision(cfg)  # a CPU run leaves the CUDA flags alone
+    assert torch.backends.cuda.matmul.allow_tf32 is (not tf32) and torch.backends.cudnn.allow_tf32 is (not tf32)
+    cfg.MODEL.DEVICE = "cuda"  # AMP off: no CUDA call is made, only the flags are set
+    assert build_precision(cfg).name == "fp32"
+    assert torch.backends.cuda.matmul.allow_tf32 is tf32 and torch.backends.cudnn.allow_tf32 is tf32

@@ -162,7 +162,10 @@ def test_initial_offsets_form_a_ring_and_weights_are_uniform():
     assert not module.attention_weights.weight.any() and not module.attention_weights.bias.any()
 
 
-def test_computes_in_float32_under_bf16_autocast():
+def test_samples_in_float32_under_bf16_autocast(monkeypatch):
+    """The projections follow autocast; the locations, values and weights sampled are float32."""
+    from dearli.modeling.pixel_decoder import ms_deform_attn
+
     torch.manual_seed(4)
     module = MSDeformAttn(d_model=16, n_levels=2, n_heads=2, n_points=2)
     torch.nn.init.normal_(module.sampling_offsets.weight, std=0.1)
@@ -170,10 +173,19 @@ def test_computes_in_float32_under_bf16_autocast():
     query, value_input = torch.randn(1, 7, 16), torch.randn(1, 39, 16)
     refs = torch.rand(1, 7, 2, 2)
     reference = module(query, refs, value_input, shapes)
+    sampled_dtypes = []
+    original = ms_deform_attn.ms_deform_attn_sample
+
+    def recording(value, spatial_shapes, locations, weights):
+        sampled_dtypes.append((value.dtype, locations.dtype, weights.dtype, torch.is_autocast_enabled("cpu")))
+        return original(value, spatial_shapes, locations, weights)
+
+    monkeypatch.setattr(ms_deform_attn, "ms_deform_attn_sample", recording)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         autocast_out = module(query, refs, value_input, shapes)
-    assert autocast_out.dtype == torch.float32
-    assert torch.equal(autocast_out, reference)
+    assert sampled_dtypes == [(torch.float32, torch.float32, torch.float32, False)]
+    assert autocast_out.dtype == torch.bfloat16  # the output projection ran under autocast
+    torch.testing.assert_close(autocast_out.float(), reference, rtol=0.05, atol=0.05)
 
 
 def test_mismatched_value_length_is_reported():

@@ -112,8 +112,19 @@ def test_activation_checkpointing_gives_identical_outputs_and_gradients():
         torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-6, atol=1e-7, msg=name)
 
 
-def test_runs_in_float32_under_bf16_autocast():
+def test_follows_bf16_autocast_unless_fp32_is_asked():
     decoder = MSDeformAttnPixelDecoder(tiny_cfg(), TINY_SHAPES).eval()
+    features = tiny_features(batch=1)
+    with torch.no_grad():
+        reference_mask, _ = decoder.forward_features(features)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mask_features, multi_scale = decoder.forward_features(features)
+    assert mask_features.dtype == torch.bfloat16 and all(f.dtype == torch.bfloat16 for f in multi_scale)
+    torch.testing.assert_close(mask_features.float(), reference_mask, rtol=0.1, atol=0.1)
+
+
+def test_runs_in_float32_under_bf16_autocast_with_fp32_pixel_decoder():
+    decoder = MSDeformAttnPixelDecoder(tiny_cfg(FP32_PIXEL_DECODER=True), TINY_SHAPES).eval()
     features = tiny_features(batch=1)
     with torch.no_grad():
         reference_mask, reference_scales = decoder.forward_features(features)

@@ -10,8 +10,10 @@ Coordinate convention (shared by the reference CUDA op): a location is a normali
 [0, 1] of its level, where pixel ``(row i, col j)`` of an ``H x W`` map has its centre at
 ``((j + 0.5) / W, (i + 0.5) / H)``. Offsets are predicted in pixels of each level.
 
-The block always computes in float32: under bf16 autocast the normalised sampling locations would
-be quantised to ~0.3 px at the stride-8 level (8 mantissa bits), and more once offsets are added.
+The sampling itself always computes in float32: under bf16 autocast the normalised sampling
+locations would be quantised to ~0.3 px at the stride-8 level (8 mantissa bits), and more once
+offsets are added. The four projections (values, offsets in pixels, mixing logits, output) follow
+the caller's autocast: a pixel offset or a mixing logit loses nothing that matters in bf16.
 """
 import math
 from typing import Sequence, Tuple
@@ -123,10 +125,9 @@ class MSDeformAttn(nn.Module):
             batch, n_queries, self.n_heads, self.n_levels, self.n_points, 2
         )
         # One pixel of level l is 1/W_l (x) and 1/H_l (y) in normalised coordinates.
-        level_size_xy = torch.tensor(
-            [[width, height] for height, width in spatial_shapes], dtype=offsets.dtype, device=offsets.device
-        )
-        return reference_points[:, :, None, :, None, :] + offsets / level_size_xy[None, None, None, :, None, :]
+        level_size_xy = torch.tensor([[width, height] for height, width in spatial_shapes], dtype=torch.float32)
+        level_size_xy = level_size_xy.to(offsets.device, non_blocking=True)  # host constants: no wait
+        return reference_points[:, :, None, :, None, :].float() + offsets.float() / level_size_xy[None, None, None, :, None, :]
 
     def forward(
         self,
@@ -135,7 +136,7 @@ class MSDeformAttn(nn.Module):
         value_input: torch.Tensor,
         spatial_shapes: SpatialShapes,
     ) -> torch.Tensor:
-        """Attend from every query to its sampling points; always computed in float32.
+        """Attend from every query to its sampling points (the sampling in float32).
 
         Args:
             query: [B, Lq, d_model] (positional encoding already added).
@@ -145,18 +146,17 @@ class MSDeformAttn(nn.Module):
             spatial_shapes: (H_l, W_l) of each level, Python ints.
 
         Returns:
-            float32 [B, Lq, d_model].
+            [B, Lq, d_model]: float32, or the autocast dtype under autocast.
         """
         self._check_inputs(query, reference_points, value_input, spatial_shapes)
+        batch, n_values, _ = value_input.shape
+        value = self.value_proj(value_input)
+        value = value.view(batch, n_values, self.n_heads, self.d_model // self.n_heads)
+        locations = self.sampling_locations(query, reference_points, spatial_shapes)
+        weights = self.attention_probabilities(query)
         with torch.autocast(device_type=query.device.type, enabled=False):
-            query = query.float()
-            reference_points = reference_points.float()
-            batch, n_values, _ = value_input.shape
-            value = self.value_proj(value_input.float())
-            value = value.view(batch, n_values, self.n_heads, self.d_model // self.n_heads)
-            locations = self.sampling_locations(query, reference_points, spatial_shapes)
-            weights = self.attention_probabilities(query)
-            return self.output_proj(ms_deform_attn_sample(value, spatial_shapes, locations, weights))
+            sampled = ms_deform_attn_sample(value.float(), spatial_shapes, locations, weights.float())
+        return self.output_proj(sampled)
 
     def _check_inputs(self, query, reference_points, value_input, spatial_shapes: SpatialShapes):
         if len(spatial_shapes) != self.n_levels:

@@ -8,6 +8,7 @@ with, and the encoder outputs at strides 32, 16, 8 that its masked cross-attenti
 State-dict names follow the reference checkpoints (``input_proj.i``, ``transformer.level_embed``,
 ``transformer.encoder.layers.i.*``, ``adapter_1``, ``layer_1``, ``mask_features``).
 """
+import contextlib
 import math
 from typing import Dict, List, Sequence, Tuple
 
@@ -135,6 +136,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         transformer_dim_feedforward: int,
         transformer_dropout: float,
         checkpoint_encoder_layers: bool = False,
+        fp32: bool = False,
     ):
         """
         Args:
@@ -145,6 +147,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
             common_stride: stride of ``mask_features``; FPN levels are added down to it.
             transformer_*: encoder depth, heads, sampling points per head/level, FFN width, dropout.
             checkpoint_encoder_layers: recompute encoder layers in backward (activation checkpointing).
+            fp32: run the whole decoder in float32 under autocast (the reference's choice).
         """
         super().__init__()
         missing = [name for name in transformer_in_features if name not in input_shape]
@@ -176,6 +179,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         self.mask_features = Conv2d(conv_dim, mask_dim, kernel_size=1)
         weight_init.c2_xavier_fill(self.mask_features)
         self.mask_dim = mask_dim
+        self.fp32 = fp32
         self.common_stride = common_stride
 
         finest_encoder_stride = min(shape.stride for _, shape in encoder_levels)
@@ -227,24 +231,28 @@ class MSDeformAttnPixelDecoder(nn.Module):
             "transformer_dim_feedforward": head.DEFORMABLE_DIM_FEEDFORWARD,
             "transformer_dropout": cfg.MODEL.MASK_FORMER.DROPOUT,
             "checkpoint_encoder_layers": head.DEFORMABLE_CHECKPOINT,
+            "fp32": head.FP32_PIXEL_DECODER,
         }
 
     def forward_features(self, features: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """Backbone features -> (mask_features [B, mask_dim, H/4, W/4], [stride 32, 16, 8 maps]).
 
-        Runs in float32 even under autocast, as the reference does (see ms_deform_attn.py).
+        Follows the caller's autocast except for the deformable sampling (ms_deform_attn.py); with
+        ``fp32`` (MODEL.SEM_SEG_HEAD.FP32_PIXEL_DECODER) all of it runs in float32, as the reference.
         """
         self._check_feature_sizes(features)
         device_type = next(iter(features.values())).device.type
-        with torch.autocast(device_type=device_type, enabled=False):
+        precision = torch.autocast(device_type=device_type, enabled=False) if self.fp32 else contextlib.nullcontext()
+        with precision:
             srcs, pos_embeds = [], []
             for name, projection in zip(self.transformer_in_features, self.input_proj):
-                feature = features[name].float()
+                feature = features[name] if not self.fp32 else features[name].float()
                 srcs.append(projection(feature))
                 pos_embeds.append(self.pe_layer(feature))
             outputs = self.transformer(srcs, pos_embeds)
             for number, name in self.fpn_levels:
-                outputs.append(self._fpn_level(number, features[name].float(), outputs[-1]))
+                feature = features[name] if not self.fp32 else features[name].float()
+                outputs.append(self._fpn_level(number, feature, outputs[-1]))
             return self.mask_features(outputs[-1]), outputs[:NUM_MULTI_SCALE_FEATURES]
 
     def _fpn_level(self, number: int, feature: torch.Tensor, coarser: torch.Tensor) -> torch.Tensor:
