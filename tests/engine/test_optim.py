@@ -173,9 +173,16 @@ def test_precision_cpu_is_fp32_and_bad_value_is_named():
 
 
 @pytest.mark.parametrize("tf32", [False, True])
-def test_tf32_follows_the_config_on_cuda_only(tf32, monkeypatch):
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", not tf32)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", not tf32)
+def test_tf32_follows_the_config_on_cuda_only(tf32):
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        _check_tf32(tf32)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _check_tf32(tf32):
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not tf32
     cfg = cfg_for()
     cfg.SOLVER.AMP.TF32 = tf32
     build_precision(cfg)  # a CPU run leaves the CUDA flags alone
