@@ -51,6 +51,13 @@ def _add_backbone_config(cfg):
     # Store the ConvNeXt trunk's weights channels-last (NHWC convolutions on GPU; features handed
     # on stay NCHW). A GPU speed option, used in training, inference and tools/benchmark.py.
     cfg.MODEL.OPEN_CLIP.CHANNELS_LAST = False
+    # torch.compile the pixel decoder and the transformer decoder (student and teacher) with
+    # BACKEND ("inductor" on GPU; "aot_eager" checks tracing without code generation). The
+    # criterion traces without graph breaks but is not compiled: its per-batch target counts and
+    # seeds would recompile it every step.
+    cfg.MODEL.COMPILE = CN()
+    cfg.MODEL.COMPILE.ENABLED = False
+    cfg.MODEL.COMPILE.BACKEND = "inductor"
 
 
 def _add_head_config(cfg):

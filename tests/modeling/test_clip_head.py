@@ -183,3 +183,26 @@ def test_head_is_registered_and_returns_predictor_outputs(backbone):
     scores = ensemble_class_scores(backbone, features, outputs, classifier, [1] * 9, 0.4)
     z_out = zero_shot_logits(backbone, features["clip_vis_dense"], outputs["pred_masks"], classifier, [1] * 9)
     torch.testing.assert_close(scores, geometric_ensemble(outputs["pred_logits"], z_out, 0.4))
+
+
+@pytest.mark.slow
+def test_compiled_decoders_give_the_eager_outputs():
+    """MODEL.COMPILE on the tiny model (aot_eager: traced graphs, no code generation)."""
+    import copy
+
+    from detectron2.modeling import build_model
+
+    cfg = tiny_cfg(**{"MODEL.COMPILE.ENABLED": True, "MODEL.COMPILE.BACKEND": "aot_eager"})
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    teacher_like = copy.deepcopy(model)  # compiled models stay deep-copyable (the teacher)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        _, compiled_outputs = model.predict_raw(images)
+        model.sem_seg_head.compile_backend = ""
+        _, eager_outputs = model.predict_raw(images)
+        _, copy_outputs = teacher_like.predict_raw(images)
+    for key in ("pred_logits", "pred_masks"):
+        torch.testing.assert_close(compiled_outputs[key], eager_outputs[key], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(copy_outputs[key], eager_outputs[key], rtol=1e-4, atol=1e-5)
+    assert len(compiled_outputs["aux_outputs"]) == len(eager_outputs["aux_outputs"])
