@@ -12,7 +12,7 @@ from torch import nn
 
 from ..modeling.checkpoint import DEARLiCheckpointer
 from .ema import ModelEMA, ema_decay, resolve_ema_ramp, unwrap_model
-from .pseudo_labels import PanopticLabel, build_pseudo_labeled_sample, label_from_prediction
+from .pseudo_labels import PanopticLabel, build_pseudo_labeled_sample
 
 logger = logging.getLogger(__name__)
 
@@ -105,9 +105,9 @@ class MeanTeacher:
         weak = [s["weak_image"] for s in unlabeled] + [unlabeled[i]["cutmix"]["weak_image"] for i in partners]
         predictions = self.model.predict_panoptic(
             weak, zero_shot=self.zero_shot, object_threshold=self.object_threshold,
-            overlap_threshold=self.overlap_threshold,
+            overlap_threshold=self.overlap_threshold, as_segments=True,
         )
-        labels = [label_from_prediction(seg, info) for seg, info in predictions]
+        labels = [PanopticLabel(p.seg, p.classes, p.isthing, p.scores) for p in predictions]
         partner_label = dict(zip(partners, labels[len(unlabeled):]))
         samples, final_labels = [], []
         for i, sample in enumerate(unlabeled):

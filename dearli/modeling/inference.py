@@ -11,10 +11,110 @@ Used by the model at evaluation and by the teacher for pseudo-labels (method §1
    the segment is empty;
 5. stuff segments of one class share an id, thing segments get one id each; ids are 1..n in the
    order of the first query of each segment; 0 = no segment.
+
+The rule is computed with fixed-shape tensor ops only (no boolean indexing, no ``unique``, no host
+read): :func:`panoptic_segments` returns tensors and a device-side segment count, so the teacher's
+pseudo-label path waits for the device once per batch (:func:`trim_segments`), not per image.
 """
-from typing import Collection, Dict, List, Tuple
+from dataclasses import dataclass
+from typing import Collection, Dict, List, Sequence, Tuple
 
 import torch
+
+
+@dataclass
+class PanopticSegments:
+    """One image's panoptic segmentation as tensors: ``seg`` int64 [H, W] with ids 0..n (0 = no
+    segment) and per id-1 tables ``classes`` int64, ``isthing`` bool, ``scores`` float32 (a merged
+    stuff segment's score is the largest of its queries). Rows past ``count`` (int64 0-dim, on
+    the device) are padding until :func:`trim_segments` cuts them."""
+
+    seg: torch.Tensor
+    classes: torch.Tensor
+    isthing: torch.Tensor
+    scores: torch.Tensor
+    count: torch.Tensor
+
+
+def panoptic_segments(
+    class_scores: torch.Tensor,
+    mask_logits: torch.Tensor,
+    thing_table: torch.Tensor,
+    object_threshold: float,
+    overlap_threshold: float,
+) -> PanopticSegments:
+    """The rules 1-5 of the module docstring for one image, without a host round trip.
+
+    Args:
+        class_scores: [Q, C+1] class logits or log-probabilities; the last column is void.
+        mask_logits: [Q, H, W] mask logits at the output resolution (any float dtype).
+        thing_table: bool [C] on the device, True for thing classes (:func:`thing_table_of`).
+    """
+    num_queries, num_classes = class_scores.shape[0], class_scores.shape[-1] - 1
+    device = mask_logits.device
+    scores, labels = class_scores.float().softmax(-1).max(-1)
+    keep = (labels != num_classes) & (scores > object_threshold)
+    mask_probs = mask_logits.float().sigmoid()
+    # Dropped queries never win a pixel; among kept ones the first maximum wins, as over the kept subset.
+    weighted = torch.where(keep[:, None, None], scores[:, None, None] * mask_probs, -1.0)
+    owner = weighted.argmax(0)  # [H, W]
+    full = mask_probs >= 0.5
+    owner_is_on = full.gather(0, owner[None])[0]
+    owners = owner.flatten()
+    full_area = full.sum((1, 2))
+    owned_area = torch.zeros(num_queries, dtype=torch.int64, device=device).scatter_add_(0, owners, torch.ones_like(owners))
+    segment_area = torch.zeros(num_queries, dtype=torch.int64, device=device).scatter_add_(
+        0, owners, owner_is_on.flatten().to(torch.int64)
+    )
+    # The reference's numerator is every owned pixel, also those below sigmoid 0.5; only the kept
+    # segment is the intersection. Same float64 ratio, so segments exactly at the threshold agree.
+    owned_fraction = owned_area.double() / full_area.double().clamp(min=1)
+    survives = keep & (full_area > 0) & (segment_area > 0) & (owned_fraction >= overlap_threshold)
+
+    label_of_query = labels.clamp(max=num_classes - 1)  # void only on dropped queries
+    is_thing = thing_table[label_of_query]
+    segment_of_query, count = _segment_ids(label_of_query, is_thing, survives, num_classes)
+    seg = torch.where(owner_is_on, segment_of_query[owner], 0)
+    slot = torch.where(survives, segment_of_query - 1, num_queries)  # dropped queries -> a spare row
+    classes = torch.zeros(num_queries + 1, dtype=torch.int64, device=device).scatter(0, slot, label_of_query)
+    isthing = torch.zeros(num_queries + 1, dtype=torch.bool, device=device).scatter(0, slot, is_thing)
+    best_score = scores.new_zeros(num_queries + 1).scatter_reduce(0, slot, scores, reduce="amax", include_self=False)
+    return PanopticSegments(seg, classes[:num_queries], isthing[:num_queries], best_score[:num_queries], count)
+
+
+def _segment_ids(labels, is_thing, survives, num_classes: int):
+    """Segment id (1..n, 0 = dropped) of every query and n (0-dim tensor).
+
+    A thing query is its own segment; surviving stuff queries of one class share the segment of
+    their first one. Ids follow the position of each segment's first query.
+    """
+    num_queries = len(labels)
+    positions = torch.arange(num_queries, device=labels.device)
+    stuff_position = torch.where(survives & ~is_thing, positions, num_queries)
+    first_of_class = torch.full((num_classes,), num_queries, dtype=torch.int64, device=labels.device)
+    first_of_class = first_of_class.scatter_reduce(0, labels, stuff_position, reduce="amin")
+    first_query = torch.where(is_thing, positions, first_of_class[labels].clamp(max=num_queries - 1))
+    opens_segment = survives & (first_query == positions)
+    rank = torch.cumsum(opens_segment.to(torch.int64), 0)  # ids of segments opened up to each query
+    return torch.where(survives, rank[first_query], 0), opens_segment.sum()
+
+
+def thing_table_of(thing_ids: Collection[int], num_classes: int, device) -> torch.Tensor:
+    """bool [C] on ``device``: True at the thing class ids (ids outside [0, C) are ignored)."""
+    table = torch.zeros(num_classes, dtype=torch.bool)
+    table[[i for i in thing_ids if 0 <= i < num_classes]] = True
+    return table.to(device, non_blocking=True)
+
+
+def trim_segments(segments: Sequence[PanopticSegments]) -> List[PanopticSegments]:
+    """Cut every image's tables to its segment count, after one device-to-host copy of all counts."""
+    if not segments:
+        return []
+    counts = torch.stack([s.count for s in segments]).tolist()
+    return [
+        PanopticSegments(s.seg, s.classes[:n], s.isthing[:n], s.scores[:n], s.count)
+        for s, n in zip(segments, counts)
+    ]
 
 
 def panoptic_inference(
@@ -24,7 +124,7 @@ def panoptic_inference(
     object_threshold: float,
     overlap_threshold: float,
 ) -> Tuple[torch.Tensor, List[Dict]]:
-    """Panoptic segmentation of one image.
+    """Panoptic segmentation of one image in Detectron2's format.
 
     Args:
         class_scores: [Q, C+1] class logits or log-probabilities (softmax makes them the same
@@ -36,78 +136,19 @@ def panoptic_inference(
         (pan_seg int32 [H, W], segments_info: list of {"id", "category_id", "isthing", "score"}).
         A merged stuff segment's score is the largest score of its queries.
     """
-    num_classes = class_scores.shape[-1] - 1
-    scores, labels = class_scores.float().softmax(-1).max(-1)
-    keep = (labels != num_classes) & (scores > object_threshold)
-    height, width = mask_logits.shape[-2:]
-    pan_seg = torch.zeros((height, width), dtype=torch.int32, device=mask_logits.device)
-    if not keep.any():
-        return pan_seg, []
-    scores, labels = scores[keep], labels[keep]
-    mask_probs = mask_logits[keep].float().sigmoid()  # [K, H, W]
-    owner = (scores[:, None, None] * mask_probs).argmax(0)  # [H, W] index into kept queries
-    full = mask_probs >= 0.5
-    owned = owner[None] == torch.arange(len(scores), device=owner.device)[:, None, None]
-    full_area, owned_area, segment_area = full.sum((1, 2)), owned.sum((1, 2)), (owned & full).sum((1, 2))
-    # The reference's numerator is every owned pixel, also those below sigmoid 0.5; only the kept
-    # segment is the intersection. Same float64 ratio, so segments exactly at the threshold agree.
-    owned_fraction = owned_area.double() / full_area.double().clamp(min=1)
-    survives = (full_area > 0) & (segment_area > 0) & (owned_fraction >= overlap_threshold)
-    if not survives.any():
-        return pan_seg, []
+    table = thing_table_of(thing_ids, class_scores.shape[-1] - 1, mask_logits.device)
+    [segments] = trim_segments([panoptic_segments(class_scores, mask_logits, table, object_threshold, overlap_threshold)])
+    return as_detectron2_panoptic(segments)
 
-    is_thing = _is_thing(labels, thing_ids)
-    segment_of_query, num_segments = _segment_ids(labels, is_thing, survives, num_classes)
-    # Pixel -> its owner's segment id, only where the owner's own mask is on (0 elsewhere).
-    owner_is_on = full.gather(0, owner[None])[0]
-    pan_seg = torch.where(owner_is_on, segment_of_query[owner], pan_seg).to(torch.int32)
-    return pan_seg, _segments_info(segment_of_query, num_segments, labels, is_thing, scores)
+
+def as_detectron2_panoptic(segments: PanopticSegments) -> Tuple[torch.Tensor, List[Dict]]:
+    """(pan_seg int32 [H, W], segments_info) of trimmed segments."""
+    rows = zip(segments.classes.tolist(), segments.isthing.tolist(), segments.scores.tolist())
+    info = [{"id": i + 1, "category_id": int(c), "isthing": bool(t), "score": float(s)} for i, (c, t, s) in enumerate(rows)]
+    return segments.seg.to(torch.int32), info
 
 
 def semantic_inference(class_scores: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
     """Per-class scores [C, H, W] = sum over queries of p[q, c] * sigmoid(mask_q); void dropped."""
     class_probs = class_scores.float().softmax(-1)[:, :-1]
     return torch.einsum("qc,qhw->chw", class_probs, mask_logits.float().sigmoid())
-
-
-def _is_thing(labels: torch.Tensor, thing_ids: Collection[int]) -> torch.Tensor:
-    thing_table = torch.zeros(int(labels.max()) + 1, dtype=torch.bool)
-    known = [i for i in thing_ids if 0 <= i < len(thing_table)]
-    thing_table[known] = True
-    return thing_table.to(labels.device)[labels]
-
-
-def _segment_ids(labels, is_thing, survives, num_classes: int):
-    """Segment id (1..n, 0 = dropped) of every kept query, and the number n of segments.
-
-    A segment key is the class for stuff and ``num_classes + query position`` for a thing, so stuff
-    queries of one class share a key. Ids follow the position of each key's first query.
-    """
-    positions = torch.arange(len(labels), device=labels.device)
-    keys = torch.where(is_thing, num_classes + positions, labels)[survives]
-    unique_keys, key_index = torch.unique(keys, return_inverse=True)
-    first_position = torch.full((len(unique_keys),), len(labels), dtype=torch.int64, device=labels.device)
-    first_position = first_position.scatter_reduce(0, key_index, positions[survives], reduce="amin")
-    rank = torch.empty_like(first_position)
-    rank[first_position.argsort()] = torch.arange(len(unique_keys), device=labels.device)
-    segment_of_query = torch.zeros(len(labels), dtype=torch.int32, device=labels.device)
-    segment_of_query[survives] = (rank[key_index] + 1).to(torch.int32)
-    return segment_of_query, len(unique_keys)
-
-
-def _segments_info(segment_of_query, num_segments: int, labels, is_thing, scores) -> List[Dict]:
-    segment = segment_of_query.long() - 1
-    member = segment >= 0
-    best_score = scores.new_zeros(num_segments).scatter_reduce(
-        0, segment[member], scores[member], reduce="amax", include_self=False
-    )
-    # Any member query gives the segment's class and kind.
-    first_member = torch.zeros(num_segments, dtype=torch.int64, device=labels.device)
-    first_member[segment[member]] = torch.nonzero(member)[:, 0]
-    rows = zip(
-        labels[first_member].tolist(), is_thing[first_member].tolist(), best_score.tolist()
-    )
-    return [
-        {"id": i + 1, "category_id": int(c), "isthing": bool(t), "score": float(s)}
-        for i, (c, t, s) in enumerate(rows)
-    ]

@@ -10,7 +10,8 @@ Evaluation: ``forward(list[dict])`` returns Detectron2's standard
 original size, so ``COCOPanopticEvaluator`` and ``SemSegEvaluator`` work unchanged.
 
 Teacher: ``predict_panoptic(images, zero_shot, object_threshold, overlap_threshold)`` returns
-panoptic pseudo-labels at the input canvas resolution through the same ``panoptic_inference``.
+panoptic pseudo-labels at the input canvas resolution through the same rule as ``panoptic_inference``
+(as tensors with ``as_segments=True``, the pseudo-label path).
 """
 from typing import Dict, List, Sequence, Tuple, Union
 
@@ -25,7 +26,10 @@ from torch.nn import functional as F
 
 from . import backbone as _backbone  # noqa: F401  (registers OpenCLIPBackbone)
 from .criterion import SetCriterion
-from .inference import panoptic_inference, semantic_inference
+from .inference import (
+    PanopticSegments, as_detectron2_panoptic, panoptic_inference, panoptic_segments, semantic_inference,
+    thing_table_of, trim_segments,
+)
 from .target_batch import as_mask_tensor
 from .text_classifier import TextClassifier, classifier_with_void, ensemble_class_scores
 
@@ -154,20 +158,25 @@ class DEARLi(nn.Module):
         zero_shot: bool,
         object_threshold: float,
         overlap_threshold: float,
-    ) -> List[Tuple[torch.Tensor, List[Dict]]]:
+        as_segments: bool = False,
+    ) -> Union[List[Tuple[torch.Tensor, List[Dict]]], List[PanopticSegments]]:
         """Panoptic predictions of raw images (uint8 [3, H, W] each, or an ImageList of raw pixel
-        values) at each image's own size, with no resize back: the teacher's pseudo-labels."""
+        values) at each image's own size, with no resize back: the teacher's pseudo-labels.
+
+        Returns (pan_seg, segments_info) per image, or with ``as_segments`` the tensors
+        (:class:`~dearli.modeling.inference.PanopticSegments`); either way the host waits for the
+        device once per batch. Masks are upsampled in the compute dtype, one image at a time."""
         if isinstance(images, ImageList):  # re-pad: the padding must be 0 after normalisation
             images = [images.tensor[i, :, :h, :w] for i, (h, w) in enumerate(images.image_sizes)]
         images = self.preprocess_images(images)
         class_scores, mask_logits = self._scores_and_masks(images, zero_shot)
         padded_size = images.tensor.shape[-2:]
-        return [
-            panoptic_inference(
-                scores, _upsample(masks, padded_size)[:, :h, :w], self.thing_ids, object_threshold, overlap_threshold
-            )
+        things = thing_table_of(self.thing_ids, class_scores.shape[-1] - 1, self.device)
+        segments = trim_segments([
+            panoptic_segments(scores, _upsample(masks, padded_size)[:, :h, :w], things, object_threshold, overlap_threshold)
             for scores, masks, (h, w) in zip(class_scores, mask_logits, images.image_sizes)
-        ]
+        ])
+        return segments if as_segments else [as_detectron2_panoptic(s) for s in segments]
 
     # ---- pieces -------------------------------------------------------------------------------
 

@@ -245,7 +245,8 @@ class MaskedAttentionDecoder(nn.Module):
 
         Returns:
             {"pred_logits": [B, Q, C + 1], "pred_masks": [B, Q, H/4, W/4],
-             "aux_outputs": the dec_layers - 1 earlier predictions as dicts with the same two keys}.
+             "aux_outputs": in training, the dec_layers - 1 earlier predictions as dicts with the same
+             two keys; in eval mode none (no loss reads them)}.
         """
         if len(multi_scale_features) != self.num_feature_levels:
             raise ValueError(
@@ -276,6 +277,8 @@ class MaskedAttentionDecoder(nn.Module):
             output = self.transformer_self_attention_layers[layer](output, query_pos)
             output = self.transformer_ffn_layers[layer](output)
             predictions.append(self._predict(output, mask_features, classify))
+            if not self.training:  # evaluation and the teacher read only the last set: free the others
+                predictions = predictions[-1:]
         return {**predictions[-1], "aux_outputs": predictions[:-1]}
 
     def _flatten_levels(self, features: List[torch.Tensor]):

@@ -39,7 +39,7 @@ def test_step_labels_weak_views_and_trains_on_cutmixed_strong_views(tmp_path):
     unlabeled, (teacher_images, teacher_kwargs), inputs = calls["unlabeled"][0], calls["teacher"][0], calls["student"][0]
     weak = [s["weak_image"] for s in unlabeled] + [s["cutmix"]["weak_image"] for s in unlabeled]
     assert len(teacher_images) == len(weak) == 4 and all(torch.equal(a, b) for a, b in zip(teacher_images, weak))
-    assert teacher_kwargs == {"zero_shot": True, "object_threshold": 0.0, "overlap_threshold": 0.8}
+    assert teacher_kwargs == {"zero_shot": True, "object_threshold": 0.0, "overlap_threshold": 0.8, "as_segments": True}
     assert set(inputs) == {"labeled", "pseudo_labeled"} and len(inputs["labeled"]) == len(unlabeled) == 2
     assert all("weak_image" not in sample for sample in inputs["labeled"])  # the labeled crops, not unlabeled
     for sample, student_sample in zip(unlabeled, inputs["pseudo_labeled"]):
