@@ -68,8 +68,8 @@ class PseudoLabelTelemetry(HookBase):
             return
         stats = pseudo_label_statistics(batch.labels, [s["valid_mask"] for s in batch.samples], self.num_classes)
         self.class_counts += stats.pop("class_counts")
+        classes = stats.pop("classes").float()  # already on the host: read with the statistics
         storage.put_scalars(**{f"ssl/{k}": v for k, v in stats.items()})
-        classes = torch.cat([label.classes.cpu() for label in batch.labels]).float()
         if len(classes):
             storage.put_histogram("ssl/pseudo_label_classes", classes, bins=self.num_classes)
         if comm.is_main_process() and self.vis_period > 0 and storage.iter % self.vis_period == 0:

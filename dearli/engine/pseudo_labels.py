@@ -112,7 +112,9 @@ def cutmix_labels(main: PanopticLabel, partner: PanopticLabel, box: torch.Tensor
 
 def cutmix_image(main: torch.Tensor, partner: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
     """``partner`` pixels inside ``box`` (bool [H, W]), ``main`` elsewhere; images [C, H, W]."""
-    return torch.where(box.to(main.device)[None], partner.to(main.device), main)
+    if box.device != main.device or partner.device != main.device:  # the loader's views share one
+        box, partner = box.to(main.device, non_blocking=True), partner.to(main.device, non_blocking=True)
+    return torch.where(box[None], partner, main)
 
 
 def label_to_instances(label: PanopticLabel) -> Instances:
@@ -170,17 +172,23 @@ def build_pseudo_labeled_sample(
 
 
 def pseudo_label_statistics(labels: List[PanopticLabel], valid_masks: List[torch.Tensor], num_classes: int) -> Dict:
-    """Telemetry of a batch of pseudo-labels: segments per image, mean score, pixel coverage, class counts."""
+    """Telemetry of a batch of pseudo-labels: segments per image, mean score, pixel coverage, class
+    counts (CPU int64 [C]) and the classes of all segments (CPU int64), read in one host copy."""
     if not labels:
         return {}
+    device = labels[0].seg.device
     segments = sum(label.num_segments for label in labels)
-    scores = torch.cat([label.scores.float().cpu() for label in labels])
-    covered = sum(int(((label.seg > 0) & valid.to(label.seg.device)).sum()) for label, valid in zip(labels, valid_masks))
-    valid_pixels = sum(int(valid.sum()) for valid in valid_masks)
-    classes = torch.cat([label.classes.cpu() for label in labels])
+    covered = sum(((label.seg > 0) & valid.to(device, non_blocking=True)).sum() for label, valid in zip(labels, valid_masks))
+    valid_pixels = sum(int(valid.sum()) for valid in valid_masks)  # the loader's masks: on the host
+    scores = torch.cat([label.scores.float() for label in labels])
+    classes = torch.cat([label.classes for label in labels])
+    # One copy to the host: [covered pixels, score sum, classes...] (float64 holds them exactly).
+    packed = torch.cat([torch.stack([covered.double(), scores.double().sum()]), classes.double()]).cpu()
+    host_classes = packed[2:].long()
     return {
         "pseudo_segments_per_image": segments / len(labels),
-        "mean_teacher_score": float(scores.mean()) if len(scores) else 0.0,
-        "pseudo_pixel_coverage": covered / max(valid_pixels, 1),
-        "class_counts": torch.bincount(classes, minlength=num_classes)[:num_classes],
+        "mean_teacher_score": float(packed[1]) / len(scores) if len(scores) else 0.0,
+        "pseudo_pixel_coverage": float(packed[0]) / max(valid_pixels, 1),
+        "class_counts": torch.bincount(host_classes, minlength=num_classes)[:num_classes],
+        "classes": host_classes,
     }

@@ -145,7 +145,9 @@ class _DispatchCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         counter = self.counter
         kwargs = kwargs or {}
-        if not counter.on_host():
+        inputs = list(_tensors(args))
+        on_host_inputs = bool(inputs) and all(counter.is_host(t) for t in inputs)  # e.g. a host shape tensor
+        if not counter.on_host() and not on_host_inputs:
             name = f"{func.namespace}.{func.overloadpacket.__name__}"
             counter.record_op(name)
             if _is_data_dependent(name, f"{name}.{func._overloadname}", args, kwargs):

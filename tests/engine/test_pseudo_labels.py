@@ -171,3 +171,4 @@ def test_statistics_by_hand():
     assert stats["mean_teacher_score"] == pytest.approx(0.5)
     assert stats["pseudo_pixel_coverage"] == pytest.approx(4 / 7)
     assert stats["class_counts"].tolist() == [1, 0, 2]
+    assert stats["classes"].tolist() == [0, 2, 2] and stats["classes"].device.type == "cpu"
