@@ -62,32 +62,40 @@ def restrict_to(label: PanopticLabel, keep: torch.Tensor) -> PanopticLabel:
 
 def merge_and_compact(label: PanopticLabel, min_area: int = 0) -> PanopticLabel:
     """Merge same-class stuff segments, drop segments with fewer than max(min_area, 1) pixels,
-    renumber ids 1..K. A merged segment's score is the largest score of its parts."""
+    renumber ids 1..K. A merged segment's score is the largest score of its parts.
+
+    Fixed-shape tensor ops up to one read of K (the host must know how many targets there are)."""
     num = label.num_segments
     device = label.seg.device
     if num == 0:
         return label
-    # Group key: a thing is its own group; stuff groups by class (keys >= num never clash).
-    keys = torch.where(label.isthing, torch.arange(num, device=device), num + label.classes)
-    _, key_group = torch.unique(keys, return_inverse=True)
-    num_groups = int(key_group.max().item()) + 1
-    # Order groups by their first segment, so targets keep the segment order (main before partner).
-    segment_index = torch.arange(num, device=device)
-    first_segment = torch.full((num_groups,), num, device=device).scatter_reduce(0, key_group, segment_index, reduce="amin")
-    group_of_segment = torch.argsort(torch.argsort(first_segment))[key_group]
+    # Group of a segment: its first segment with the same key (a thing is its own key; stuff
+    # shares the class), numbered in the order of first segments, so targets keep the segment order.
+    positions = torch.arange(num, device=device)
+    stuff = ~label.isthing
+    same_key = (stuff[:, None] & stuff[None, :] & (label.classes[:, None] == label.classes[None, :])) | torch.eye(
+        num, dtype=torch.bool, device=device
+    )
+    first_of_group = torch.where(same_key, positions[None, :], num).amin(1)
+    opens_group = first_of_group == positions
+    group_of_segment = (torch.cumsum(opens_group.to(torch.int64), 0) - 1)[first_of_group]
     segment_to_group = torch.cat([group_of_segment.new_full((1,), -1), group_of_segment])  # id 0 -> -1
     group_map = segment_to_group[label.seg]
     covered = group_map >= 0
-    areas = torch.bincount(group_map[covered], minlength=num_groups)
-    keep = areas >= max(int(min_area), 1)
+    areas = torch.zeros(num, dtype=torch.int64, device=device).scatter_add_(
+        0, group_map.clamp(min=0).flatten(), covered.flatten().to(torch.int64)
+    )
+    keep = (areas >= max(int(min_area), 1)) & (positions < opens_group.sum())
     new_id = torch.cumsum(keep.to(torch.int64), 0) * keep  # group -> 1..K, dropped -> 0
     seg = torch.where(covered, new_id[group_map.clamp(min=0)], 0)
-    classes = torch.zeros(num_groups, dtype=torch.int64, device=device).scatter_(0, group_of_segment, label.classes)
-    isthing = torch.zeros(num_groups, dtype=torch.bool, device=device).scatter_(0, group_of_segment, label.isthing)
-    scores = torch.full((num_groups,), float("-inf"), device=device).scatter_reduce(
-        0, group_of_segment, label.scores.float(), reduce="amax"
+    slot = torch.where(keep[group_of_segment], new_id[group_of_segment] - 1, num)  # dropped -> spare row
+    classes = torch.zeros(num + 1, dtype=torch.int64, device=device).scatter(0, slot, label.classes)
+    isthing = torch.zeros(num + 1, dtype=torch.bool, device=device).scatter(0, slot, label.isthing)
+    scores = torch.full((num + 1,), float("-inf"), device=device).scatter_reduce(
+        0, slot, label.scores.float(), reduce="amax"
     )
-    return PanopticLabel(seg, classes[keep], isthing[keep], scores[keep])
+    kept = int(keep.sum())
+    return PanopticLabel(seg, classes[:kept], isthing[:kept], scores[:kept])
 
 
 def cutmix_labels(main: PanopticLabel, partner: PanopticLabel, box: torch.Tensor) -> PanopticLabel:
@@ -101,7 +109,7 @@ def cutmix_labels(main: PanopticLabel, partner: PanopticLabel, box: torch.Tensor
             f"{tuple(partner.seg.shape)}, box {tuple(box.shape)}"
         )
     offset_partner = torch.where(partner.seg > 0, partner.seg + main.num_segments, 0)
-    seg = torch.where(box.to(main.seg.device), offset_partner, main.seg)
+    seg = torch.where(box.to(main.seg.device, non_blocking=True), offset_partner, main.seg)
     return PanopticLabel(
         seg,
         torch.cat([main.classes, partner.classes]),

@@ -1,6 +1,7 @@
 """Test oracle: panoptic inference of one image with data-dependent shapes (the pre-batching code).
 
-Kept only to check the sync-free production code (:mod:`dearli.modeling.inference`): the kept
+Kept only to check the sync-free production code (:mod:`dearli.modeling.inference`, and
+``merge_and_compact`` of :mod:`dearli.engine.pseudo_labels`): the kept
 queries are selected by boolean indexing and segments are numbered through ``torch.unique``, an
 independent route to the same rule (overlap rule of the reference: owned / full area).
 """
@@ -97,3 +98,33 @@ def _segments_info(segment_of_query, num_segments: int, labels, is_thing, scores
         {"id": i + 1, "category_id": int(c), "isthing": bool(t), "score": float(s)}
         for i, (c, t, s) in enumerate(rows)
     ]
+
+
+def oracle_merge_and_compact(label, min_area: int = 0):
+    """Merge same-class stuff segments, drop segments with fewer than max(min_area, 1) pixels,
+    renumber ids 1..K. A merged segment's score is the largest score of its parts."""
+    num = label.num_segments
+    device = label.seg.device
+    if num == 0:
+        return label
+    # Group key: a thing is its own group; stuff groups by class (keys >= num never clash).
+    keys = torch.where(label.isthing, torch.arange(num, device=device), num + label.classes)
+    _, key_group = torch.unique(keys, return_inverse=True)
+    num_groups = int(key_group.max().item()) + 1
+    # Order groups by their first segment, so targets keep the segment order (main before partner).
+    segment_index = torch.arange(num, device=device)
+    first_segment = torch.full((num_groups,), num, device=device).scatter_reduce(0, key_group, segment_index, reduce="amin")
+    group_of_segment = torch.argsort(torch.argsort(first_segment))[key_group]
+    segment_to_group = torch.cat([group_of_segment.new_full((1,), -1), group_of_segment])  # id 0 -> -1
+    group_map = segment_to_group[label.seg]
+    covered = group_map >= 0
+    areas = torch.bincount(group_map[covered], minlength=num_groups)
+    keep = areas >= max(int(min_area), 1)
+    new_id = torch.cumsum(keep.to(torch.int64), 0) * keep  # group -> 1..K, dropped -> 0
+    seg = torch.where(covered, new_id[group_map.clamp(min=0)], 0)
+    classes = torch.zeros(num_groups, dtype=torch.int64, device=device).scatter_(0, group_of_segment, label.classes)
+    isthing = torch.zeros(num_groups, dtype=torch.bool, device=device).scatter_(0, group_of_segment, label.isthing)
+    scores = torch.full((num_groups,), float("-inf"), device=device).scatter_reduce(
+        0, group_of_segment, label.scores.float(), reduce="amax"
+    )
+    return type(label)(seg, classes[keep], isthing[keep], scores[keep])

@@ -53,3 +53,4 @@ def test_batch_counts_are_read_once_and_tables_trimmed():
         assert result.isthing.tolist() == [s["isthing"] for s in info]
         assert result.scores.tolist() == pytest.approx([s["score"] for s in info])
         assert int(result.count) == len(info)
+
