@@ -3,7 +3,8 @@
 Training: ``forward(list[dict])`` (labeled samples, Detectron2 style) or
 ``forward({"labeled": [...], "pseudo_labeled": [...]})`` returns the set losses; pseudo-label
 losses carry the prefix ``pseudo_`` and the weight SSL.PSEUDO_LOSS_WEIGHT. The two sets are told
-apart by name, never by position in a list.
+apart by name, never by position in a list; when their padded canvases agree they share one
+forward pass (the criterion still runs per set, normalised as before).
 
 Evaluation: ``forward(list[dict])`` returns Detectron2's standard
 ``{"panoptic_seg": (int32 [h, w], segments_info), "sem_seg": float [C, h, w]}`` at each image's
@@ -13,6 +14,7 @@ Teacher: ``predict_panoptic(images, zero_shot, object_threshold, overlap_thresho
 panoptic pseudo-labels at the input canvas resolution through the same rule as ``panoptic_inference``
 (as tensors with ``as_segments=True``, the pseudo-label path).
 """
+import itertools
 from typing import Dict, List, Sequence, Tuple, Union
 
 import torch
@@ -118,13 +120,27 @@ class DEARLi(nn.Module):
         if not self.training:
             return self.inference(batched_inputs)
         labeled, pseudo_labeled = _training_sets(batched_inputs)
+        sets = [(samples, stream) for stream, samples in enumerate((labeled, pseudo_labeled)) if samples]
+        images = [self.preprocess_images([s["image"] for s in samples]) for samples, _ in sets]
+        outputs = self._student_outputs([image_list.tensor for image_list in images])
         losses = {}
-        if labeled:
-            losses.update(self.losses(labeled, seed_stream=0))
-        if pseudo_labeled:
-            for name, value in self.losses(pseudo_labeled, seed_stream=1).items():
-                losses["pseudo_" + name] = self.pseudo_loss_weight * value
+        for (samples, stream), image_list, set_outputs in zip(sets, images, outputs):
+            targets = self.prepare_targets(samples, image_list.tensor.shape[-2:])
+            set_losses = self.criterion(set_outputs, targets, seed_stream=stream)
+            if stream == 0:
+                losses.update(set_losses)
+            else:
+                losses.update({"pseudo_" + name: self.pseudo_loss_weight * value for name, value in set_losses.items()})
         return losses
+
+    def _student_outputs(self, image_tensors: List[torch.Tensor]) -> List[Dict]:
+        """Head outputs of each set of padded images: one forward over all sets when their canvases
+        agree (half the launches; GroupNorm keeps images independent), else one per set."""
+        if len(image_tensors) > 1 and len({tuple(t.shape[1:]) for t in image_tensors}) == 1:
+            _, joint = self.predict_raw(torch.cat(image_tensors))
+            bounds = list(itertools.accumulate([len(t) for t in image_tensors], initial=0))
+            return [_slice_outputs(joint, start, stop) for start, stop in zip(bounds, bounds[1:])]
+        return [self.predict_raw(t)[1] for t in image_tensors]
 
     def losses(self, samples: List[Dict], seed_stream: int = 0) -> Dict[str, torch.Tensor]:
         """Set losses of ``samples`` (each with "image", "instances", optional "valid_mask",
@@ -251,6 +267,13 @@ def _training_sets(batched_inputs) -> Tuple[List[Dict], List[Dict]]:
     if not labeled and not pseudo_labeled:
         raise ValueError("DEARLi.forward: the training batch holds no samples")
     return labeled, pseudo_labeled
+
+
+def _slice_outputs(outputs: Dict, start: int, stop: int) -> Dict:
+    """The head outputs of images start..stop-1 of a batch (auxiliary sets included)."""
+    sliced = {key: outputs[key][start:stop] for key in ("pred_logits", "pred_masks")}
+    sliced["aux_outputs"] = [_slice_outputs(aux, start, stop) for aux in outputs.get("aux_outputs", [])]
+    return sliced
 
 
 def _upsample(mask_logits: torch.Tensor, size) -> torch.Tensor:

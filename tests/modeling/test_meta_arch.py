@@ -171,3 +171,20 @@ def test_standard_evaluators_accept_the_outputs(model, tmp_path):
         evaluator.process(inputs, outputs)
     pq, miou = panoptic.evaluate()["panoptic_seg"]["PQ"], semantic.evaluate()["sem_seg"]["mIoU"]
     assert math.isfinite(pq) and 0 <= pq <= 100 and math.isfinite(miou) and 0 <= miou <= 100
+
+
+def test_one_student_forward_for_both_sets_equals_two_when_canvases_agree(model, monkeypatch):
+    model.train()
+    labeled, pseudo = [_sample(5), _sample(6)], [_sample(7, classes=(1, 3, 8))]
+    forwards = []
+    predict_raw = model.predict_raw
+    monkeypatch.setattr(model, "predict_raw", lambda images: forwards.append(len(images)) or predict_raw(images))
+    joint = model({"labeled": labeled, "pseudo_labeled": pseudo})
+    assert forwards == [3]
+    separate = {**model.losses(labeled, 0), **{"pseudo_" + k: v for k, v in model.losses(pseudo, 1).items()}}
+    assert set(joint) == set(separate)
+    for key in separate:
+        assert joint[key].item() == pytest.approx(separate[key].item(), rel=1e-5, abs=1e-7), key
+    forwards.clear()
+    model({"labeled": labeled, "pseudo_labeled": [_sample(8, size=(96, 64))]})  # another canvas: two passes
+    assert forwards == [2, 1]
