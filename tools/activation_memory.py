@@ -2,7 +2,7 @@
 """Estimate the student's activation memory of one training forward, without a GPU.
 
     python tools/activation_memory.py --config-file configs/shapes/tiny_dearli.yaml \
-        --images 1 --size 320 --scale-to-images 16 --scale-to-size 640 --opts KEY VALUE ...
+        --images 1 --size 320 --scale-to-images 16 --scale-to-size 640 [KEY VALUE ...]
 
 Runs the model's training forward (backbone, both decoders, criterion) on random crops with
 random targets under ``torch.autograd.graph.saved_tensors_hooks`` and sums the bytes of every
@@ -20,23 +20,24 @@ from typing import Dict, List
 import torch
 from detectron2.structures import BitMasks, Instances
 
-import dearli  # noqa: F401  (registers the model parts)
+import dearli  # noqa: F401  (registers the model parts and datasets)
+from dearli.cli import add_tool_arguments, parse_tool_args
 from dearli.config import load_config
-from dearli.data import shapes  # noqa: F401  (registers the tiny datasets the configs name)
 from dearli.engine.trainer import DEARLiTrainer
 from dearli.utils.atomic_io import atomic_write
+from dearli.utils.threads import setup_threads
 
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="config (YAML) of the model to measure")
     parser.add_argument("--images", type=int, default=1, help="crops in the measured forward")
     parser.add_argument("--size", type=int, default=320, help="square crop side in pixels")
     parser.add_argument("--targets", type=int, default=20, help="random target segments per crop")
     parser.add_argument("--scale-to-images", type=int, help="crops per iteration to scale to (e.g. 16 = 8+8)")
     parser.add_argument("--scale-to-size", type=int, help="crop side to scale to (e.g. 640)")
     parser.add_argument("--json", metavar="OUT", help="also write the result as JSON to OUT")
-    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE")
+    add_tool_arguments(parser)
     return parser
 
 
@@ -79,7 +80,8 @@ def saved_activation_bytes(model: torch.nn.Module, samples: List[Dict]) -> int:
 
 
 def main(argv=None) -> Dict:
-    args = get_parser().parse_args(argv)
+    args = parse_tool_args(get_parser(), argv)
+    setup_threads(args.threads)
     cfg = load_config(args.config_file, args.opts)
     cfg.MODEL.DEVICE = "cpu"
     model = DEARLiTrainer.build_model(cfg).train()
