@@ -6,7 +6,7 @@ Where training randomness comes from (so that a resumed run replays an uninterru
 
 * data: every sample derives its randomness from (seed, iteration, rank, slot) in the sampler, and
   the loader is rebuilt at the resumed iteration (its position *is* the trainer iteration);
-* the model's point sampling: per-sample generators seeded from ``sample_seed``;
+* the model's point sampling: counter-based streams keyed by ``sample_seed`` (no generator state);
 * anything else that draws from the global generators (e.g. dropout, if a config enables it):
   the global torch / NumPy / Python generators are reseeded from (seed, iteration, rank) before
   every step (:func:`reseed_global_rngs`).
