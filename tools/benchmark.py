@@ -35,7 +35,6 @@ import torch
 from detectron2.data import DatasetCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import HookBase, hooks
-from detectron2.modeling import build_model
 from tabulate import tabulate
 
 import dearli  # noqa: F401  (registers datasets, mappers and models)
@@ -48,6 +47,7 @@ from dearli.engine.predictor import DEARLiPredictor
 from dearli.engine.teacher import MeanTeacher
 from dearli.engine.trainer import DEARLiTrainer
 from dearli.modeling.checkpoint import DEARLiCheckpointer
+from dearli.modeling.fingerprint import config_for_checkpoint
 from dearli.utils.atomic_io import atomic_write
 from dearli.utils.threads import setup_threads
 
@@ -193,8 +193,10 @@ def benchmark_infer(cfg, warmup: int, iters: int, timer: PhaseTimer) -> None:
 
 
 def benchmark_teacher(cfg, warmup: int, iters: int, timer: PhaseTimer) -> None:
-    model = build_model(cfg)
-    DEARLiCheckpointer(model, save_to_disk=False).load(cfg.MODEL.WEIGHTS)
+    # Seeded as in training, with the seed of the checkpoint's random CLIP (if it has one).
+    model = DEARLiTrainer.build_model(config_for_checkpoint(cfg, cfg.MODEL.WEIGHTS, cfg.MODEL.ALLOW_UNSAFE_PICKLE))
+    DEARLiCheckpointer(model, save_to_disk=False, allow_unsafe_pickle=cfg.MODEL.ALLOW_UNSAFE_PICKLE).load(
+        cfg.MODEL.WEIGHTS)
     teacher = MeanTeacher(cfg, model)
     teacher.initialize()
     precision = build_precision(cfg)

@@ -176,7 +176,7 @@ class DEARLiTrainer(DefaultTrainer):
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = TrainingCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self),
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self), allow_unsafe_pickle=cfg.MODEL.ALLOW_UNSAFE_PICKLE,
             teacher=self.teacher, rng=GlobalRNGState(),
         )
         self.start_iter = 0

@@ -18,6 +18,9 @@ from tabulate import tabulate
 
 from dearli.utils.atomic_io import atomic_write  # noqa: F401  (re-exported for tools)
 
+from .fingerprint import FINGERPRINT_KEY, backbone_fingerprint, check_backbone_fingerprint
+from .weight_files import PICKLE_SUFFIX, UnsafeCheckpointError, pickle_refusal, read_weight_file
+
 FROZEN_CLIP_PREFIX = "backbone.clip_model."
 # Top-level modules reported per child module rather than as one row.
 SPLIT_MODULES = ("sem_seg_head",)
@@ -72,18 +75,36 @@ def trainable_keys_missing_from(model: torch.nn.Module, keys: Iterable[str]) -> 
 
 
 class DEARLiCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer that reports loads per module, fails on a checkpoint that loads no
-    trainable parameter, and writes checkpoints atomically (temp file + ``os.replace``).
+    """DetectionCheckpointer that reads weight files without unpickling arbitrary objects, checks
+    the checkpoint's backbone fingerprint, reports loads per module, fails on a checkpoint that
+    loads no trainable parameter, and writes checkpoints atomically (temp file + ``os.replace``).
 
     A frozen CLIP is left out of ``model.state_dict()`` by the backbone itself, so checkpoints
-    store it only when it is trainable.
+    store it only when it is trainable, and record its fingerprint instead.
+
+    Args:
+        allow_unsafe_pickle: MODEL.ALLOW_UNSAFE_PICKLE; only then are ``.pkl`` files (Detectron2's
+            pickle reader) and arbitrary pickled objects read.
     """
+
+    def __init__(self, model, save_dir="", *, allow_unsafe_pickle: bool = False, **kwargs):
+        super().__init__(model, save_dir, **kwargs)
+        self.allow_unsafe_pickle = allow_unsafe_pickle
 
     def load(self, path, *args, **kwargs):
         self._loading_path = path
         return super().load(path, *args, **kwargs)
 
+    def _load_file(self, filename: str):
+        if filename.endswith(PICKLE_SUFFIX):
+            if not self.allow_unsafe_pickle:
+                raise UnsafeCheckpointError(pickle_refusal(filename))
+            return super()._load_file(filename)  # Detectron2's model-zoo pickle reader (opted in)
+        loaded = read_weight_file(filename, self.allow_unsafe_pickle)
+        return loaded if isinstance(loaded, dict) and "model" in loaded else {"model": loaded}
+
     def _load_model(self, checkpoint):
+        check_backbone_fingerprint(self.model, checkpoint, getattr(self, "_loading_path", "?"))
         incompatible = super()._load_model(checkpoint)
         report = self._report(incompatible)
         self.last_load_report = report
@@ -119,6 +140,9 @@ class DEARLiCheckpointer(DetectionCheckpointer):
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
         data.update(kwargs)
+        fingerprint = backbone_fingerprint(self.model)
+        if fingerprint is not None:
+            data[FINGERPRINT_KEY] = fingerprint
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info("Saving checkpoint to %s", save_file)
