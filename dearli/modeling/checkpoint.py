@@ -5,7 +5,9 @@ scratch. :class:`DEARLiCheckpointer` logs, per module (backbone, sem_seg_head.pi
 sem_seg_head.predictor, void_embedding, ...), how many tensors were loaded, missing, unexpected or
 skipped for their shape, and raises when none of the model's trainable parameters was loaded.
 Frozen CLIP tensors missing from a checkpoint are expected: they come from
-MODEL.OPEN_CLIP.PRETRAINED, applied when the backbone is built, before MODEL.WEIGHTS.
+MODEL.OPEN_CLIP.PRETRAINED, applied when the backbone is built, before MODEL.WEIGHTS; the
+checkpoint's backbone fingerprint says which CLIP that must be (:mod:`.fingerprint`). Files are
+read tensors-only (:mod:`.weight_files`), never unpickled freely.
 """
 import os
 from collections import defaultdict
@@ -14,6 +16,7 @@ from typing import Dict, Iterable, List, Tuple
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from torch.nn.parallel import DistributedDataParallel
 from tabulate import tabulate
 
 from dearli.utils.atomic_io import atomic_write  # noqa: F401  (re-exported for tools)
@@ -92,6 +95,10 @@ class DEARLiCheckpointer(DetectionCheckpointer):
         self.allow_unsafe_pickle = allow_unsafe_pickle
 
     def load(self, path, *args, **kwargs):
+        # (Under DDP, Detectron2 handles workers that lack a file the main worker has.)
+        local_file = bool(path) and "://" not in path and not isinstance(self.model, DistributedDataParallel)
+        if local_file and not os.path.isfile(path):
+            raise FileNotFoundError(f"weight file {path} does not exist")
         self._loading_path = path
         return super().load(path, *args, **kwargs)
 

@@ -12,7 +12,7 @@ from typing import Dict, Optional
 
 from torch import nn
 
-from .weight_files import CheckpointError, read_weight_file
+from .weight_files import PICKLE_SUFFIX, CheckpointError, read_weight_file
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +74,8 @@ def check_backbone_fingerprint(model: nn.Module, checkpoint: Dict, path: str) ->
 def config_for_checkpoint(cfg, path: str, allow_unsafe_pickle: bool = False):
     """``cfg``, or a copy with the SEED that rebuilds the random CLIP ``path`` was trained on, for a
     model built only to load ``path`` (evaluation, demo). Training configs are not changed here."""
-    if not path or cfg.MODEL.OPEN_CLIP.PRETRAINED:
-        return cfg
+    if not path or cfg.MODEL.OPEN_CLIP.PRETRAINED or path.endswith(PICKLE_SUFFIX):
+        return cfg  # model-zoo pickles carry no fingerprint (and are read only by the checkpointer)
     try:
         checkpoint = read_weight_file(path, allow_unsafe_pickle)
     except FileNotFoundError:

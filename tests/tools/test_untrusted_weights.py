@@ -146,3 +146,11 @@ def test_truncated_checkpoint_in_export_teacher_names_the_file(tmp_path):
     assert f"error: checkpoint {broken} cannot be read: it is probably truncated or corrupt" in str(error.value)
     with pytest.raises(UnreadableCheckpointError, match=re.escape(str(broken))):
         DEARLiCheckpointer(build_model(tiny_cfg())).load(str(broken))
+
+
+def test_missing_weight_file_in_demo_names_the_file(tmp_path, shared_data):
+    missing = tmp_path / "nowhere.pth"
+    image = sorted((shared_data / "coco_panoptic_sample" / "images").glob("*.jpg"))[0]
+    with pytest.raises(SystemExit, match=re.escape(f"error: weight file {missing} does not exist")):
+        load_tool("demo").main(["--config-file", TINY_SUPERVISED, "--input", str(image), "--output",
+                                str(tmp_path / "demo"), "--opts", "MODEL.WEIGHTS", str(missing)])
