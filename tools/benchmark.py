@@ -48,6 +48,7 @@ from dearli.engine.teacher import MeanTeacher
 from dearli.engine.trainer import DEARLiTrainer
 from dearli.modeling.checkpoint import DEARLiCheckpointer
 from dearli.modeling.fingerprint import config_for_checkpoint
+from dearli.modeling.weight_files import CheckpointError
 from dearli.utils.atomic_io import atomic_write
 from dearli.utils.threads import setup_threads
 
@@ -272,7 +273,10 @@ def main(argv=None) -> Dict:
         parser.error(str(e))
     timer = PhaseTimer(torch.device(cfg.MODEL.DEVICE).type)
     run_task = {"train": benchmark_train, "infer": benchmark_infer, "teacher": benchmark_teacher}[args.task]
-    run_task(cfg, args.warmup, args.iters, timer)
+    try:
+        run_task(cfg, args.warmup, args.iters, timer)
+    except CheckpointError as e:  # unsafe, truncated, or trained on another backbone: named, no traceback
+        raise SystemExit(f"error: {e}") from e
     result = summarise(args, cfg, timer)
     print(format_table(result))
     print(json.dumps(result))

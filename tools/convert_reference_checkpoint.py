@@ -31,7 +31,7 @@ from dearli.modeling.checkpoint import (
     convert_reference_state_dict,
     trainable_keys_missing_from,
 )
-from dearli.modeling.weight_files import UnsafeCheckpointError, read_weight_file
+from dearli.modeling.weight_files import CheckpointError, UnsafeCheckpointError, read_weight_file
 from dearli.utils.threads import setup_threads
 
 logger = logging.getLogger("dearli.convert_reference_checkpoint")
@@ -84,7 +84,10 @@ def main(argv=None) -> None:
     setup_threads(args.threads)
     if args.opts and not args.config_file:
         raise SystemExit(f"config overrides {' '.join(args.opts)} need --config-file")
-    state_dict = load_reference_state_dict(args.input, args.allow_pickle)
+    try:
+        state_dict = load_reference_state_dict(args.input, args.allow_pickle)
+    except CheckpointError as e:  # unsafe or unreadable: one line naming the file
+        raise SystemExit(f"error: {e}") from e
     converted, dropped = convert_reference_state_dict(state_dict, keep_clip=args.keep_clip)
     with atomic_write(args.output) as f:
         torch.save({"model": converted, "__author__": f"converted from {args.input}"}, f)

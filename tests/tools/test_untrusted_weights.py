@@ -106,6 +106,9 @@ def test_torch_file_with_a_pickled_object_is_refused_naming_the_object(tmp_path)
     with pytest.raises(SystemExit, match="holds objects other than tensors"):
         load_tool("export_teacher").main([str(path), str(tmp_path / "teacher.pth")])
     assert not marker.exists()
+    with pytest.raises(SystemExit, match=r"holds objects other than tensors.*re-run with --allow-pickle"):
+        load_tool("convert_reference_checkpoint").main([str(path), str(tmp_path / "converted.pth")])
+    assert not marker.exists()
 
 
 def test_opt_in_reads_a_genuine_detectron2_model_zoo_pkl(tmp_path):
