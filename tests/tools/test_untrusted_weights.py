@@ -157,3 +157,20 @@ def test_missing_weight_file_in_demo_names_the_file(tmp_path, shared_data):
     with pytest.raises(SystemExit, match=re.escape(f"error: weight file {missing} does not exist")):
         load_tool("demo").main(["--config-file", TINY_SUPERVISED, "--input", str(image), "--output",
                                 str(tmp_path / "demo"), "--opts", "MODEL.WEIGHTS", str(missing)])
+
+
+def test_opt_in_key_lets_eval_only_read_a_model_zoo_pkl(tmp_path, monkeypatch):
+    from dearli.engine.trainer import DEARLiTrainer
+
+    source = build_model(tiny_cfg(name="tiny_supervised"))
+    arrays = {name: tensor.numpy().copy() for name, tensor in source.state_dict().items()}
+    path = tmp_path / "model_zoo.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": arrays, "__author__": "Detectron2 model zoo"}, f)
+    evaluated = []
+    monkeypatch.setattr(DEARLiTrainer, "test", classmethod(lambda cls, cfg, model: evaluated.append(model) or {}))
+    train_net, args = train_net_args(tmp_path, "MODEL.WEIGHTS", str(path), "MODEL.ALLOW_UNSAFE_PICKLE", "True",
+                                     flags=["--eval-only"])
+    train_net.main(args)
+    loaded = evaluated[0].state_dict()
+    assert all(np.array_equal(loaded[name].numpy(), array) for name, array in arrays.items())
