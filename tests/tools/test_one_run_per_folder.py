@@ -111,7 +111,7 @@ SAM_FLAGS = ["--model-type", TINY_MODEL_TYPE, "--points-per-side", "2", "--pred-
 
 def sam_label_dir(output):
     from dearli.sam.generator import GeneratorSettings
-    settings = GeneratorSettings(points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    settings = GeneratorSettings(points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0, points_per_batch=256)
     return Path(output) / settings.label_subdir(TINY_MODEL_TYPE)
 
 
