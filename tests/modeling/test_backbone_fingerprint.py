@@ -76,7 +76,7 @@ def test_predictor_rebuilds_the_checkpoints_clip_whatever_the_config_seed(seed2_
 def test_eval_only_under_another_seed_evaluates_the_trained_clip(seed2_checkpoint, tmp_path, monkeypatch):
     path, trained_clip = seed2_checkpoint
     evaluated = []
-    monkeypatch.setattr(DEARLiTrainer, "test", classmethod(lambda cls, cfg, model: evaluated.append(model) or {}))
+    monkeypatch.setattr(DEARLiTrainer, "test", classmethod(lambda cls, cfg, model, **kwargs: evaluated.append(model) or {}))
     train_net = load_tool("train_net")
     args = train_net.parse_args(["--config-file", str(CONFIG_DIR / "tiny_supervised.yaml"), "--eval-only",
                                  "MODEL.WEIGHTS", str(path), "SEED", "1", "OUTPUT_DIR", str(tmp_path)])

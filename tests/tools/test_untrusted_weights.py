@@ -168,7 +168,7 @@ def test_opt_in_key_lets_eval_only_read_a_model_zoo_pkl(tmp_path, monkeypatch):
     with open(path, "wb") as f:
         pickle.dump({"model": arrays, "__author__": "Detectron2 model zoo"}, f)
     evaluated = []
-    monkeypatch.setattr(DEARLiTrainer, "test", classmethod(lambda cls, cfg, model: evaluated.append(model) or {}))
+    monkeypatch.setattr(DEARLiTrainer, "test", classmethod(lambda cls, cfg, model, **kwargs: evaluated.append(model) or {}))
     train_net, args = train_net_args(tmp_path, "MODEL.WEIGHTS", str(path), "MODEL.ALLOW_UNSAFE_PICKLE", "True",
                                      flags=["--eval-only"])
     train_net.main(args)
