@@ -38,7 +38,6 @@ import torch
 from detectron2.data import DatasetCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import HookBase, hooks
-from detectron2.modeling import build_model
 from tabulate import tabulate
 
 import dearli  # noqa: F401  (registers datasets, mappers and models)
@@ -51,6 +50,8 @@ from dearli.engine.predictor import DEARLiPredictor
 from dearli.engine.teacher import MeanTeacher
 from dearli.engine.trainer import DEARLiTrainer
 from dearli.modeling.checkpoint import DEARLiCheckpointer
+from dearli.modeling.fingerprint import config_for_checkpoint
+from dearli.modeling.weight_files import CheckpointError
 from dearli.utils.atomic_io import atomic_write
 from dearli.utils.sync_counter import SyncCounter
 from dearli.utils.threads import setup_threads
@@ -265,8 +266,10 @@ def benchmark_infer(cfg, warmup: int, iters: int, timer: PhaseTimer) -> None:
 
 
 def benchmark_teacher(cfg, warmup: int, iters: int, timer: PhaseTimer) -> None:
-    model = build_model(cfg)
-    DEARLiCheckpointer(model, save_to_disk=False).load(cfg.MODEL.WEIGHTS)
+    # Seeded as in training, with the seed of the checkpoint's random CLIP (if it has one).
+    model = DEARLiTrainer.build_model(config_for_checkpoint(cfg, cfg.MODEL.WEIGHTS, cfg.MODEL.ALLOW_UNSAFE_PICKLE))
+    DEARLiCheckpointer(model, save_to_disk=False, allow_unsafe_pickle=cfg.MODEL.ALLOW_UNSAFE_PICKLE).load(
+        cfg.MODEL.WEIGHTS)
     teacher = MeanTeacher(cfg, model)
     teacher.initialize()
     precision = build_precision(cfg)
@@ -349,11 +352,14 @@ def main(argv=None) -> Dict:
         parser.error(f"--count-syncs counts training iterations; it needs --task train, not {args.task}")
     timer = PhaseTimer(torch.device(cfg.MODEL.DEVICE).type)
     counter = SyncCounter() if args.count_syncs else None
-    if counter is not None:
-        benchmark_train(cfg, args.warmup, args.iters, timer, counter)
-    else:
-        run_task = {"train": benchmark_train, "infer": benchmark_infer, "teacher": benchmark_teacher}[args.task]
-        run_task(cfg, args.warmup, args.iters, timer)
+    try:
+        if counter is not None:
+            benchmark_train(cfg, args.warmup, args.iters, timer, counter)
+        else:
+            run_task = {"train": benchmark_train, "infer": benchmark_infer, "teacher": benchmark_teacher}[args.task]
+            run_task(cfg, args.warmup, args.iters, timer)
+    except CheckpointError as e:  # unsafe, truncated, or trained on another backbone: named, no traceback
+        raise SystemExit(f"error: {e}") from e
     result = summarise(args, cfg, timer)
     if counter is not None:
         result["sync_count"] = sync_report(counter, args.iters)

@@ -31,6 +31,7 @@ from dearli.modeling.checkpoint import (
     convert_reference_state_dict,
     trainable_keys_missing_from,
 )
+from dearli.modeling.weight_files import CheckpointError, UnsafeCheckpointError, read_weight_file
 from dearli.utils.threads import setup_threads
 
 logger = logging.getLogger("dearli.convert_reference_checkpoint")
@@ -53,14 +54,11 @@ def parse_args(argv=None):
 def load_reference_state_dict(path: str, allow_pickle: bool = False):
     """The model state dict inside a reference checkpoint file."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+        checkpoint = read_weight_file(path, allow_unsafe_pickle=allow_pickle)
     except FileNotFoundError:
         raise FileNotFoundError(f"reference checkpoint {path!r} does not exist") from None
-    except Exception as e:
-        raise RuntimeError(
-            f"could not read {path!r} as a tensors-only checkpoint ({e}); if you trust the file, "
-            "re-run with --allow-pickle"
-        ) from e
+    except UnsafeCheckpointError as e:
+        raise UnsafeCheckpointError(f"{e} (this tool: re-run with --allow-pickle)") from None
     state_dict = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise ValueError(f"{path!r} holds no state dict (expected {{'model': {{name: tensor}}}} or {{name: tensor}})")
@@ -86,7 +84,10 @@ def main(argv=None) -> None:
     setup_threads(args.threads)
     if args.opts and not args.config_file:
         raise SystemExit(f"config overrides {' '.join(args.opts)} need --config-file")
-    state_dict = load_reference_state_dict(args.input, args.allow_pickle)
+    try:
+        state_dict = load_reference_state_dict(args.input, args.allow_pickle)
+    except CheckpointError as e:  # unsafe or unreadable: one line naming the file
+        raise SystemExit(f"error: {e}") from e
     converted, dropped = convert_reference_state_dict(state_dict, keep_clip=args.keep_clip)
     with atomic_write(args.output) as f:
         torch.save({"model": converted, "__author__": f"converted from {args.input}"}, f)

@@ -19,7 +19,9 @@ Open vocabulary: ``--classes "cat,dog,grass"`` or ``--class-file F`` (one class 
 separated by commas, e.g. ``dog,puppy``; blank lines and ``#`` comments ignored) replace the
 model's classes by new text embeddings; ``--stuff "grass"`` marks classes whose segments are merged
 per class (stuff) instead of kept per instance. An input that cannot be read is reported with its
-path, the other inputs are still processed, and the exit code is 1.
+path, the other inputs are still processed, and the exit code is 1. A config or weight file that
+cannot be used (unsafe YAML tag or pickle, truncated checkpoint, checkpoint of another backbone)
+ends the run with an error naming the file (exit code 1).
 """
 import argparse
 import json
@@ -38,6 +40,8 @@ from dearli.cli import add_tool_arguments, parse_tool_args
 from dearli.config import load_config
 from dearli.engine.predictor import DEARLiPredictor, check_stuff_names, normalise_class_list
 from dearli.engine.visualization import draw_panoptic, draw_semantic, named_segments
+from dearli.modeling.weight_files import CheckpointError
+from dearli.utils.safe_yaml import ConfigFileError
 from dearli.utils.atomic_io import atomic_write
 from dearli.utils.threads import setup_threads
 
@@ -193,7 +197,10 @@ def main(argv=None) -> int:
         parser.error(str(e))
     setup_logger(name="dearli")
     setup_threads(args.threads)
-    failed = run(args, stems, classes)
+    try:
+        failed = run(args, stems, classes)
+    except (ConfigFileError, CheckpointError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from e
     if failed:
         print(f"error: {len(failed)} of {len(args.input)} inputs could not be read: {', '.join(failed)}",
               file=sys.stderr)

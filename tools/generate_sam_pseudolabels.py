@@ -15,6 +15,11 @@ thresh_0.95/`` (printed at the end; that is the folder for ``SAM.LABEL_DIR``). O
 segments (without classes) instead of SAM masks: an ORACLE proposal source for the CPU demo.
 Trailing KEY VALUE pairs override the config's SAM.* defaults (e.g. ``SAM.POINTS_PER_SIDE 16``);
 ``--threads`` sets the CPU threads of each process (default: free cores / processes).
+
+One writer per shard: a run locks its shard of the label folder (a second run of the same shard is
+refused with the holder's pid and host; the lock of a killed run is taken over). A whole-folder run
+also removes ``.tmp-*`` leftovers of killed writers. Runs of different partitions of one folder
+(e.g. ``--shard 0/2`` next to ``--shard 0/3``) are not detected.
 """
 import argparse
 import json
@@ -33,7 +38,17 @@ from dearli.config import load_config
 from dearli.data import sam_oracle
 from dearli.data.sam_format import SamLabelError, ensure_meta
 from dearli.sam.generator import GeneratorSettings, SamCheckpointError, SamMaskGenerator, build_sam, file_sha256
-from dearli.sam.pipeline import RunSummary, benchmark, collect_images, generate_labels, parse_shard, shard, summary_path
+from dearli.sam.pipeline import (
+    RunSummary,
+    benchmark,
+    collect_images,
+    generate_labels,
+    label_dir_lock,
+    parse_shard,
+    shard,
+    summary_path,
+)
+from dearli.utils.run_lock import FolderLockedError
 from dearli.utils.threads import setup_threads
 
 logger = logging.getLogger("dearli.generate_sam_pseudolabels")
@@ -110,11 +125,12 @@ def run_sam(args, items, shard_index, shard_count):
         print(json.dumps(result))
         return None
     label_dir = Path(args.output) / settings.label_subdir(model_type)
-    ensure_meta(label_dir, sam_meta(model_type, checkpoint, settings))
-    summary = generate_labels(
-        items, label_dir, generator.generate, args.stop_after, not args.no_progress, args.progress_position
-    )
-    summary.save(summary_path(label_dir, shard_index, shard_count))
+    with label_dir_lock(label_dir, shard_index, shard_count):
+        ensure_meta(label_dir, sam_meta(model_type, checkpoint, settings))
+        summary = generate_labels(
+            items, label_dir, generator.generate, args.stop_after, not args.no_progress, args.progress_position
+        )
+        summary.save(summary_path(label_dir, shard_index, shard_count))
     return label_dir, summary
 
 
@@ -123,7 +139,8 @@ def run_oracle(args):
         raise SystemExit("--oracle needs --dataset (panoptic datasets with ground truth) and no --images")
     dicts = [d for name in args.dataset for d in sam_oracle.with_panoptic_ground_truth(name)]
     label_dir = Path(args.output) / sam_oracle.ORACLE_SUBDIR
-    written = sam_oracle.write_oracle_labels(dicts, label_dir)
+    with label_dir_lock(label_dir):
+        written = sam_oracle.write_oracle_labels(dicts, label_dir)
     summary = RunSummary(images=len(dicts), already_done=len(dicts) - len(written), generated=len(written),
                          masks=sum(written.values()))
     return label_dir, summary
@@ -132,19 +149,20 @@ def run_oracle(args):
 def spawn_per_gpu(args, argv, shard_index, shard_count):
     """One child per GPU on sub-shard (shard_index * N + k) / (shard_count * N); returns their label dir."""
     n = args.num_gpus
-    children = []
-    options, overrides = split_overrides(argv)  # the children's options go before the KEY VALUE pairs
-    for k in range(n):
-        child_argv = _without_options(options, {"--num-gpus", "--shard", "--progress-position"})
-        child_argv += ["--shard", f"{shard_index * n + k}/{shard_count * n}", "--progress-position", str(k)]
-        child_argv += overrides
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(k))
-        children.append(subprocess.Popen([sys.executable, __file__, *child_argv], env=env))
-    codes = [child.wait() for child in children]
-    if any(codes):
-        raise SystemExit(f"GPU processes exited with {codes}; rerun the same command to resume")
     model_type, _, settings = resolve_sam_options(args)
     label_dir = Path(args.output) / settings.label_subdir(model_type)
+    with label_dir_lock(label_dir, shard_index, shard_count):  # the children lock their sub-shards
+        children = []
+        options, overrides = split_overrides(argv)  # the children's options go before the KEY VALUE pairs
+        for k in range(n):
+            child_argv = _without_options(options, {"--num-gpus", "--shard", "--progress-position"})
+            child_argv += ["--shard", f"{shard_index * n + k}/{shard_count * n}", "--progress-position", str(k)]
+            child_argv += overrides
+            env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(k))
+            children.append(subprocess.Popen([sys.executable, __file__, *child_argv], env=env))
+        codes = [child.wait() for child in children]
+    if any(codes):
+        raise SystemExit(f"GPU processes exited with {codes}; rerun the same command to resume")
     parts = [RunSummary.load(summary_path(label_dir, shard_index * n + k, shard_count * n)) for k in range(n)]
     return label_dir, RunSummary.merged(parts)
 
@@ -177,7 +195,7 @@ def main(argv=None):
     setup_threads(args.threads, processes=args.num_gpus if args.num_gpus > 1 and not args.benchmark else 1)
     try:
         _run(args, argv)
-    except (SamCheckpointError, SamLabelError, FileNotFoundError, KeyError, ValueError) as e:
+    except (SamCheckpointError, SamLabelError, FolderLockedError, FileNotFoundError, KeyError, ValueError) as e:
         raise SystemExit(f"error: {e}") from e
 
 

@@ -11,7 +11,13 @@ EMA teacher stored in that training checkpoint (checked before anything is evalu
 logged under "student" / "teacher" and written to OUTPUT_DIR/eval_results.json. ``--threads`` sets
 the CPU threads of each process (default: the free cores divided among the ``--num-gpus``
 processes; dearli/utils/threads.py).
+
+One run per OUTPUT_DIR: the main process holds an exclusive lock on it for the whole run (training
+and ``--eval-only`` alike: both write config.yaml, the log and results there); a second run on the
+same folder is refused with the holder's pid and host. A lock left by a killed run is taken over,
+and ``.tmp-*`` leftovers of its interrupted writes are removed.
 """
+import contextlib
 import logging
 import os
 
@@ -27,7 +33,9 @@ from dearli.engine.teacher import MeanTeacher, read_teacher_state
 from dearli.engine.launch import launch
 from dearli.engine.state import TrainingCheckpointer
 from dearli.engine.trainer import DEARLiTrainer
-from dearli.utils.atomic_io import atomic_write, atomic_write_json
+from dearli.modeling.fingerprint import config_for_checkpoint
+from dearli.utils.atomic_io import atomic_write, atomic_write_json, remove_temp_leftovers
+from dearli.utils.run_lock import FolderLock
 from dearli.utils.threads import apply_threads, setup_threads
 
 logger = logging.getLogger("dearli.train_net")
@@ -59,10 +67,25 @@ def setup(cfg, args) -> None:
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
 
 
-def evaluated_checkpoint(cfg, args, checkpointer) -> str:
-    """The file --eval-only loads: the last checkpoint with --resume (if any), else MODEL.WEIGHTS."""
-    if args.resume and checkpointer.has_checkpoint():
-        return checkpointer.get_checkpoint_file()
+@contextlib.contextmanager
+def output_dir_lock(cfg):
+    """The main process's exclusive lock on OUTPUT_DIR (only the main process writes checkpoints,
+    the config and results there), with the leftovers of dead writers removed once it is held."""
+    if not (comm.is_main_process() and cfg.OUTPUT_DIR):
+        yield
+        return
+    with FolderLock(cfg.OUTPUT_DIR, what="OUTPUT_DIR"):
+        remove_temp_leftovers(cfg.OUTPUT_DIR)
+        yield
+
+
+def evaluated_checkpoint(cfg, args) -> str:
+    """The file --eval-only loads: the one OUTPUT_DIR/last_checkpoint names with --resume (if any),
+    else MODEL.WEIGHTS. Known before the model is built, which must match its backbone."""
+    last = os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")
+    if args.resume and os.path.isfile(last):
+        with open(last) as f:
+            return os.path.join(cfg.OUTPUT_DIR, f.read().strip())
     return cfg.MODEL.WEIGHTS
 
 
@@ -99,12 +122,15 @@ def write_results(cfg, checkpoint: str, results) -> str:
 
 
 def evaluate(cfg, args):
-    """Student (and, on request, teacher) results of a checkpoint; the teacher's presence is
-    checked before the (slow) student evaluation."""
-    model = DEARLiTrainer.build_model(cfg)
-    checkpointer = TrainingCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
-    path = evaluated_checkpoint(cfg, args, checkpointer)
+    """Student (and, on request, teacher) results of a checkpoint, on the backbone it was trained
+    with (a random CLIP is rebuilt from the checkpoint's seed); the teacher's presence is checked
+    before the (slow) student evaluation."""
+    path = evaluated_checkpoint(cfg, args)
+    cfg = config_for_checkpoint(cfg, path, cfg.MODEL.ALLOW_UNSAFE_PICKLE)
     teacher_state = teacher_state_of(path) if args.eval_teacher else None
+    model = DEARLiTrainer.build_model(cfg)
+    checkpointer = TrainingCheckpointer(model, save_dir=cfg.OUTPUT_DIR,
+                                        allow_unsafe_pickle=cfg.MODEL.ALLOW_UNSAFE_PICKLE)
     checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
     results = DEARLiTrainer.test(cfg, model, model_name="student")
     if teacher_state is not None:
@@ -120,12 +146,13 @@ def main(args):
     if args.threads is not None:  # resolved by cli() in the launching process; each worker applies it
         apply_threads(args.threads)
     cfg = config_of(args)
-    setup(cfg, args)
-    if args.eval_only:
-        return evaluate(cfg, args)
-    trainer = DEARLiTrainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    with output_dir_lock(cfg):
+        setup(cfg, args)
+        if args.eval_only:
+            return evaluate(cfg, args)
+        trainer = DEARLiTrainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        return trainer.train()
 
 
 def parse_args(argv=None):

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from dearli.utils.atomic_io import TMP_PREFIX, atomic_write_json  # noqa: F401  (re-exported)
+from dearli.utils.atomic_io import TMP_PREFIX, atomic_write_json, remove_temp_leftovers  # noqa: F401  (re-exported)
 
 FORMAT_NAME = "dearli-sam-masks"
 FORMAT_VERSION = 1
@@ -247,12 +247,9 @@ def finished_keys(label_dir):
 
 
 def remove_stale_temp_files(label_dir):
-    """Delete ``.tmp-*`` leftovers of killed writers; returns how many were removed."""
-    masks_dir = Path(label_dir) / MASKS_DIR
-    stale = list(masks_dir.glob(f"*/{TMP_PREFIX}*")) if masks_dir.is_dir() else []
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return len(stale)
+    """Delete ``.tmp-*`` leftovers of killed writers in ``label_dir``; returns how many were
+    removed. Only while no other process writes the folder (see dearli.sam.pipeline.label_dir_lock)."""
+    return len(remove_temp_leftovers(label_dir)) if Path(label_dir).is_dir() else 0
 
 
 def update_index(label_dir, new_counts=None):

@@ -27,6 +27,7 @@ from detectron2.modeling import build_model
 from ..data.datasets.from_config import register_config_datasets
 from ..modeling import meta_arch  # noqa: F401  (registers the DEARLi meta-architecture)
 from ..modeling.checkpoint import DEARLiCheckpointer
+from ..modeling.fingerprint import config_for_checkpoint
 from ..modeling.text_classifier import TextClassifier
 from .state import capture_rng_state, restore_rng_state, seed_model_init
 
@@ -60,9 +61,12 @@ class DEARLiPredictor:
         if self.cfg.INPUT.FORMAT != "RGB":
             raise ValueError(f"INPUT.FORMAT={self.cfg.INPUT.FORMAT!r}; DEARLi models take RGB input")
         register_config_datasets(self.cfg)  # the model's classes may come from a config-declared set
-        self.model = _build_seeded_model(self.cfg)
+        allow_unsafe_pickle = self.cfg.MODEL.ALLOW_UNSAFE_PICKLE
+        # A random CLIP is rebuilt with the seed the checkpoint was trained with.
+        self.model = _build_seeded_model(config_for_checkpoint(self.cfg, self.cfg.MODEL.WEIGHTS, allow_unsafe_pickle))
         self.model.eval()
-        DEARLiCheckpointer(self.model, save_to_disk=False).load(self.cfg.MODEL.WEIGHTS)
+        DEARLiCheckpointer(self.model, save_to_disk=False, allow_unsafe_pickle=allow_unsafe_pickle).load(
+            self.cfg.MODEL.WEIGHTS)
         if not self.cfg.MODEL.WEIGHTS:
             logger.warning("MODEL.WEIGHTS is empty: the predictor runs a randomly initialised model")
         self.metadata = MetadataCatalog.get(model_dataset_name(self.cfg))

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..modeling.checkpoint import DEARLiCheckpointer
+from ..modeling.weight_files import CheckpointError, UnreadableCheckpointError, read_weight_file  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -108,10 +109,6 @@ class GlobalRNGState:
         restore_rng_state(state)
 
 
-class UnreadableCheckpointError(RuntimeError):
-    """A checkpoint file exists but cannot be read (truncated or corrupt)."""
-
-
 class TrainingCheckpointer(DEARLiCheckpointer):
     """The trainer's checkpointer: atomic writes (from :class:`DEARLiCheckpointer`), and a clear
     error when the checkpoint to resume from (named by ``last_checkpoint``) cannot be read, naming
@@ -120,10 +117,8 @@ class TrainingCheckpointer(DEARLiCheckpointer):
     def _load_file(self, filename: str):
         try:
             return super()._load_file(filename)
-        except FileNotFoundError:
-            raise
-        except Exception as error:  # torch raises several types for truncated / corrupt zip files
-            raise UnreadableCheckpointError(self._unreadable_message(filename, error)) from error
+        except UnreadableCheckpointError as error:
+            raise UnreadableCheckpointError(self._unreadable_message(filename, error.__cause__)) from error.__cause__
 
     def _unreadable_message(self, filename: str, error: Exception) -> str:
         last_file = os.path.join(self.save_dir, "last_checkpoint") if self.save_dir else None
@@ -153,8 +148,8 @@ class TrainingCheckpointer(DEARLiCheckpointer):
             if os.path.abspath(path) == excluded:
                 continue
             try:
-                torch.load(path, map_location="cpu", weights_only=True)
-            except Exception:
+                read_weight_file(path)
+            except CheckpointError:
                 logger.warning("checkpoint %s is unreadable too", path)
                 continue
             return path

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..modeling.checkpoint import DEARLiCheckpointer
+from ..modeling.weight_files import read_weight_file
 from .ema import ModelEMA, ema_decay, resolve_ema_ramp, unwrap_model
 from .pseudo_labels import PanopticLabel, build_pseudo_labeled_sample
 
@@ -38,8 +39,13 @@ def build_teacher(student: nn.Module) -> nn.Module:
 
 
 def read_teacher_state(path: str) -> Dict[str, torch.Tensor]:
-    """The teacher's state dict stored in a training checkpoint written by DEARLiTrainer."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    """The teacher's state dict stored in a training checkpoint written by DEARLiTrainer (read
+    tensors-only)."""
+    return teacher_state_of(read_weight_file(path), path)
+
+
+def teacher_state_of(checkpoint, path: str) -> Dict[str, torch.Tensor]:
+    """The teacher entry of a loaded training ``checkpoint`` (read from ``path``)."""
     if not isinstance(checkpoint, dict) or "teacher" not in checkpoint:
         found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise KeyError(f"{path} holds no teacher (entries: {found}); pass a training checkpoint written by "
@@ -73,6 +79,7 @@ class MeanTeacher:
         self.ema = ModelEMA(self.model, self.student)
         teacher_cfg, test_cfg = cfg.MODEL.TEACHER, cfg.MODEL.MASK_FORMER.TEST
         self.weights = teacher_cfg.WEIGHTS
+        self.allow_unsafe_pickle = cfg.MODEL.ALLOW_UNSAFE_PICKLE
         self.decay = teacher_cfg.EMA_DECAY
         self.ramp = resolve_ema_ramp(teacher_cfg.EMA_RAMP, teacher_cfg.WEIGHTS)
         ema_decay(0, self.decay, self.ramp)  # validates EMA_DECAY now rather than after step 0
@@ -88,7 +95,8 @@ class MeanTeacher:
     def initialize(self) -> None:
         """Fresh run: load MODEL.TEACHER.WEIGHTS into the teacher, or copy the (loaded) student."""
         if self.weights:
-            DEARLiCheckpointer(self.model, save_to_disk=False).load(self.weights, checkpointables=[])
+            checkpointer = DEARLiCheckpointer(self.model, save_to_disk=False, allow_unsafe_pickle=self.allow_unsafe_pickle)
+            checkpointer.load(self.weights, checkpointables=[])
             logger.info("Teacher initialised from MODEL.TEACHER.WEIGHTS=%s", self.weights)
         else:
             self.ema.copy_student()

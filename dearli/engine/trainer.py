@@ -45,7 +45,9 @@ logger = logging.getLogger(__name__)
 
 
 def check_training_data(cfg) -> None:
-    """Fail early, naming the key, on unregistered datasets or SSL without unlabeled data."""
+    """Fail early, naming the key, on no or unregistered datasets, or SSL without unlabeled data."""
+    if not cfg.DATASETS.TRAIN:
+        raise ValueError("DATASETS.TRAIN is empty: training needs at least one labeled dataset name")
     check_registered("DATASETS.TRAIN", cfg.DATASETS.TRAIN)
     check_registered("DATASETS.TRAIN_UNLABELED", cfg.DATASETS.TRAIN_UNLABELED)
     check_unlabeled_data(cfg)
@@ -182,7 +184,7 @@ class DEARLiTrainer(DefaultTrainer):
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = TrainingCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self),
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self), allow_unsafe_pickle=cfg.MODEL.ALLOW_UNSAFE_PICKLE,
             teacher=self.teacher, rng=GlobalRNGState(),
         )
         self.start_iter = 0

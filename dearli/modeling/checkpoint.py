@@ -5,7 +5,9 @@ scratch. :class:`DEARLiCheckpointer` logs, per module (backbone, sem_seg_head.pi
 sem_seg_head.predictor, void_embedding, ...), how many tensors were loaded, missing, unexpected or
 skipped for their shape, and raises when none of the model's trainable parameters was loaded.
 Frozen CLIP tensors missing from a checkpoint are expected: they come from
-MODEL.OPEN_CLIP.PRETRAINED, applied when the backbone is built, before MODEL.WEIGHTS.
+MODEL.OPEN_CLIP.PRETRAINED, applied when the backbone is built, before MODEL.WEIGHTS; the
+checkpoint's backbone fingerprint says which CLIP that must be (:mod:`.fingerprint`). Files are
+read tensors-only (:mod:`.weight_files`), never unpickled freely.
 """
 import os
 from collections import defaultdict
@@ -14,9 +16,13 @@ from typing import Dict, Iterable, List, Tuple
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from torch.nn.parallel import DistributedDataParallel
 from tabulate import tabulate
 
 from dearli.utils.atomic_io import atomic_write  # noqa: F401  (re-exported for tools)
+
+from .fingerprint import FINGERPRINT_KEY, backbone_fingerprint, check_backbone_fingerprint
+from .weight_files import PICKLE_SUFFIX, UnsafeCheckpointError, pickle_refusal, read_weight_file
 
 FROZEN_CLIP_PREFIX = "backbone.clip_model."
 # Top-level modules reported per child module rather than as one row.
@@ -72,18 +78,40 @@ def trainable_keys_missing_from(model: torch.nn.Module, keys: Iterable[str]) -> 
 
 
 class DEARLiCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer that reports loads per module, fails on a checkpoint that loads no
-    trainable parameter, and writes checkpoints atomically (temp file + ``os.replace``).
+    """DetectionCheckpointer that reads weight files without unpickling arbitrary objects, checks
+    the checkpoint's backbone fingerprint, reports loads per module, fails on a checkpoint that
+    loads no trainable parameter, and writes checkpoints atomically (temp file + ``os.replace``).
 
     A frozen CLIP is left out of ``model.state_dict()`` by the backbone itself, so checkpoints
-    store it only when it is trainable.
+    store it only when it is trainable, and record its fingerprint instead.
+
+    Args:
+        allow_unsafe_pickle: MODEL.ALLOW_UNSAFE_PICKLE; only then are ``.pkl`` files (Detectron2's
+            pickle reader) and arbitrary pickled objects read.
     """
 
+    def __init__(self, model, save_dir="", *, allow_unsafe_pickle: bool = False, **kwargs):
+        super().__init__(model, save_dir, **kwargs)
+        self.allow_unsafe_pickle = allow_unsafe_pickle
+
     def load(self, path, *args, **kwargs):
+        # (Under DDP, Detectron2 handles workers that lack a file the main worker has.)
+        local_file = bool(path) and "://" not in path and not isinstance(self.model, DistributedDataParallel)
+        if local_file and not os.path.isfile(path):
+            raise FileNotFoundError(f"weight file {path} does not exist")
         self._loading_path = path
         return super().load(path, *args, **kwargs)
 
+    def _load_file(self, filename: str):
+        if filename.endswith(PICKLE_SUFFIX):
+            if not self.allow_unsafe_pickle:
+                raise UnsafeCheckpointError(pickle_refusal(filename))
+            return super()._load_file(filename)  # Detectron2's model-zoo pickle reader (opted in)
+        loaded = read_weight_file(filename, self.allow_unsafe_pickle)
+        return loaded if isinstance(loaded, dict) and "model" in loaded else {"model": loaded}
+
     def _load_model(self, checkpoint):
+        check_backbone_fingerprint(self.model, checkpoint, getattr(self, "_loading_path", "?"))
         incompatible = super()._load_model(checkpoint)
         report = self._report(incompatible)
         self.last_load_report = report
@@ -119,6 +147,9 @@ class DEARLiCheckpointer(DetectionCheckpointer):
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
         data.update(kwargs)
+        fingerprint = backbone_fingerprint(self.model)
+        if fingerprint is not None:
+            data[FINGERPRINT_KEY] = fingerprint
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info("Saving checkpoint to %s", save_file)

@@ -16,7 +16,6 @@ below the predicted-IoU threshold *before* upsampling (identical output, tested)
 post-processing (stability score, binarisation, boxes, NMS, RLE change points) stays on the
 model's device, as in segment_anything; only run lengths go to the host.
 """
-import hashlib
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from segment_anything.utils.amg import (
 )
 
 from dearli.data.sam_format import settings_dirname
+from dearli.utils.hashing import file_sha256  # noqa: F401  (re-exported for tools)
 
 from .tiny import TINY_MODEL_TYPE, build_tiny_sam
 
@@ -154,15 +154,6 @@ def build_sam(model_type, checkpoint=None, device="cpu"):
     if state_dict is not None:
         model.load_state_dict(state_dict)
     return model.to(device).eval()
-
-
-def file_sha256(path, chunk_bytes=1 << 24):
-    """Hex sha256 of a file (recorded in meta.json so labels of different checkpoints never mix)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(chunk_bytes), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------- generation

@@ -8,6 +8,7 @@
 - ``benchmark``: images/second of generation alone (nothing written), with the image-encoder
   share of the time, to see whether the network or the mask post-processing dominates.
 """
+import contextlib
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from dearli.data.sam_format import (
     update_index,
     write_record,
 )
+from dearli.utils.run_lock import LOCK_NAME, FolderLock, FolderLockedError
 
 logger = logging.getLogger(__name__)
 
@@ -123,13 +125,37 @@ def summary_path(label_dir, shard_index, shard_count):
     return Path(label_dir) / SUMMARIES_DIR / f"shard_{shard_index}_of_{shard_count}.json"
 
 
+@contextlib.contextmanager
+def label_dir_lock(label_dir, shard_index=0, shard_count=1):
+    """Exclusive lock of shard ``shard_index/shard_count`` of ``label_dir`` (a second run of the same
+    shard is refused, naming the holder). Shards of one partition write one folder side by side, so
+    only a whole-folder run (1 shard) removes ``.tmp-*`` leftovers, when no shard lock is held."""
+    whole = shard_count == 1
+    name = LOCK_NAME if whole else f".dearli-run.shard-{shard_index}-of-{shard_count}.lock"
+    with FolderLock(label_dir, what=f"SAM label folder (shard {shard_index}/{shard_count})", name=name) as lock:
+        if whole and not _shard_writers(label_dir):
+            remove_stale_temp_files(label_dir)
+        yield lock
+
+
+def _shard_writers(label_dir):
+    """The shard lock files of ``label_dir`` that a live process holds now."""
+    held = []
+    for path in Path(label_dir).glob(".dearli-run.shard-*.lock"):
+        try:
+            FolderLock(label_dir, name=path.name).acquire().release()
+        except FolderLockedError:
+            held.append(path.name)
+    return held
+
+
 def generate_labels(items, label_dir, generate, stop_after=None, progress=True, position=0):
     """Write the record of every item in ``items`` that has none yet; return a ``RunSummary``.
 
     ``generate(image) -> annotations`` is e.g. ``SamMaskGenerator.generate``. ``stop_after=k``
     ends the process with ``os._exit`` right after the k-th new record, like a crash (tests).
+    Call it while holding :func:`label_dir_lock`, which also removes leftovers of killed writers.
     """
-    remove_stale_temp_files(label_dir)
     done = finished_keys(label_dir)
     todo = [item for item in items if item.key not in done]
     summary = RunSummary(images=len(items), already_done=len(items) - len(todo))

@@ -9,6 +9,7 @@ gets the permissions of a plain ``open()`` (0666 minus the process umask), not m
 """
 import contextlib
 import json
+import logging
 import os
 import tempfile
 
@@ -34,6 +35,8 @@ def process_umask() -> int:
     os.umask(mask)
     return mask
 
+logger = logging.getLogger(__name__)
+
 
 @contextlib.contextmanager
 def atomic_write(path, mode: str = "wb", encoding=None):
@@ -52,6 +55,23 @@ def atomic_write(path, mode: str = "wb", encoding=None):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def remove_temp_leftovers(folder):
+    """Delete the ``.tmp-*`` files of interrupted writes anywhere under ``folder``; returns their
+    paths. Only for a folder no live process writes to (e.g. while holding its
+    :class:`dearli.utils.run_lock.FolderLock`): a live writer's temp file would vanish under it."""
+    removed = []
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if name.startswith(TMP_PREFIX):
+                path = os.path.join(root, name)
+                os.remove(path)
+                removed.append(path)
+    if removed:
+        logger.warning("removed %d leftover temporary files of interrupted writes in %s (e.g. %s)",
+                       len(removed), folder, removed[0])
+    return removed
 
 
 def atomic_write_json(path, obj, **dump_kwargs):

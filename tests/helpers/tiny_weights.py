@@ -4,17 +4,32 @@ from pathlib import Path
 import torch
 from detectron2.modeling import build_model
 
+from dearli.engine.state import capture_rng_state, restore_rng_state, seed_model_init
 from dearli.modeling.checkpoint import DEARLiCheckpointer
 
 # Differs from the tiny configs' SEED, so loaded weights differ from freshly built ones.
 CHECKPOINT_SEED = 1234
 
 
+def build_model_seeded_as_trained(cfg):
+    """``cfg``'s model built as the trainer and the predictor build it (generators seeded from
+    SEED), so its random frozen CLIP is the one a checkpoint of ``cfg`` was trained on."""
+    caller_state = capture_rng_state()
+    try:
+        seed_model_init(cfg.SEED)
+        return build_model(cfg)
+    finally:
+        restore_rng_state(caller_state)
+
+
 def save_tiny_checkpoint(cfg, directory) -> Path:
-    """Build ``cfg``'s model with random weights (seeded) and save it as ``<directory>/model.pth``
-    with the project's checkpointer; returns the path."""
+    """Build ``cfg``'s model with random trainable weights (seeded by CHECKPOINT_SEED) on the
+    frozen CLIP of ``cfg``'s SEED, and save it as ``<directory>/model.pth`` with the project's
+    checkpointer (which records that CLIP's fingerprint); returns the path."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(CHECKPOINT_SEED)
         model = build_model(cfg)
+    clip = build_model_seeded_as_trained(cfg).backbone.clip_model
+    model.backbone.clip_model.load_state_dict(clip.state_dict())
     DEARLiCheckpointer(model, save_dir=str(directory)).save("model")
     return Path(directory) / "model.pth"

@@ -73,7 +73,7 @@ def test_eval_teacher_of_exported_teacher_fails_before_evaluating(trained_checkp
     with pytest.raises(SystemExit) as error:
         train_net.main(eval_args(train_net, exported, tmp_path / "eval", "--eval-teacher"))
     message = str(error.value)
-    assert message.startswith(f"--eval-teacher: {exported} holds no teacher (entries: ['__source__', 'model'])")
+    assert message.startswith(f"--eval-teacher: {exported} holds no teacher (entries: ['__source__', 'backbone_fingerprint', 'model'])")
     assert "evaluated as MODEL.WEIGHTS without --eval-teacher" in message
     assert not (tmp_path / "eval" / "eval_results.json").exists()
 

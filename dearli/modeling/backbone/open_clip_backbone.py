@@ -23,6 +23,8 @@ from detectron2.config import configurable
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
 from detectron2.utils import comm
 
+from ...utils.hashing import file_sha256
+
 logger = logging.getLogger(__name__)
 
 # Tiny OpenCLIP configs used by the tests and the CPU demo (e.g. "dearli_convnext_tiny_test").
@@ -158,13 +160,17 @@ class OpenCLIPBackbone(Backbone):
 
     @configurable
     def __init__(self, *, model_name, pretrained="", freeze=True,
-                 out_features=("res2", "res3", "res4", "res5"), channels_last=False):
+                 out_features=("res2", "res3", "res4", "res5"), channels_last=False, init_seed=None):
         super().__init__()
         self.model_name = model_name
         check_model_name(model_name)
         # Resolve (and download) the weights before the slow model build, so bad values fail fast.
         weights = resolve_pretrained_file_once_per_node(model_name, pretrained) if pretrained else None
         self.clip_model = build_clip_model(model_name, weights)
+        # Where the frozen weights came from, recorded in checkpoints (see frozen_fingerprint): the
+        # weight file's sha256, or the seed the builder seeded a random CLIP with (None: unknown).
+        self.pretrained_sha256 = file_sha256(weights) if weights else None
+        self.init_seed = None if weights else init_seed
         self._check_convnext_trunk()
         # NHWC weights let the trunk's convolutions and channel LayerNorms run channels-last on GPU;
         # forward converts the input to match, and the features keep their NCHW shapes.
@@ -201,6 +207,9 @@ class OpenCLIPBackbone(Backbone):
             "freeze": cfg.MODEL.OPEN_CLIP.FREEZE,
             "out_features": cfg.MODEL.OPEN_CLIP.OUT_FEATURES,
             "channels_last": cfg.MODEL.OPEN_CLIP.CHANNELS_LAST,
+            # Model builders seed the global generators from SEED first (the backbone is built
+            # first), so a random CLIP is a function of (MODEL_NAME, SEED); SEED < 0 is unrecorded.
+            "init_seed": cfg.SEED if cfg.SEED >= 0 else None,
         }
 
     def _check_convnext_trunk(self):
@@ -298,15 +307,33 @@ class OpenCLIPBackbone(Backbone):
 
     def weight_fingerprint(self):
         """A cheap, stable hex digest of the weights the text classifier and the zero-shot head
-        depend on (text tower, CLIP image head, logit scale): names, shapes and a strided sample of
-        each tensor's values. Used in text-classifier cache keys."""
-        digest = hashlib.sha256()
-        for name, tensor in sorted(self.clip_model.state_dict().items()):
-            if name.startswith(_FINGERPRINT_EXCLUDED_PREFIXES):
-                continue
-            flat = tensor.detach().reshape(-1)
-            step = max(1, flat.numel() // _FINGERPRINT_SAMPLES_PER_TENSOR)
-            sample = flat[::step].to(device="cpu", dtype=torch.float32).contiguous()
-            digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
-            digest.update(sample.numpy().tobytes())
-        return digest.hexdigest()
+        depend on (text tower, CLIP image head, logit scale). Used in text-classifier cache keys."""
+        return _sampled_digest(
+            (name, tensor) for name, tensor in self.clip_model.state_dict().items()
+            if not name.startswith(_FINGERPRINT_EXCLUDED_PREFIXES)
+        )
+
+    def frozen_fingerprint(self):
+        """What identifies the frozen CLIP a checkpoint's decoder was trained on (checkpoints leave
+        it out): model name, weight file sha256 or random-init seed, and a digest of every CLIP
+        tensor. None when CLIP is trainable (it is then stored in the checkpoint)."""
+        if not self.freeze:
+            return None
+        return {
+            "model_name": self.model_name,
+            "pretrained_sha256": self.pretrained_sha256,
+            "random_init_seed": self.init_seed,
+            "digest": _sampled_digest(self.clip_model.state_dict().items()),
+        }
+
+
+def _sampled_digest(named_tensors):
+    """Hex sha256 of names, shapes, dtypes and a strided sample of each tensor's values."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(named_tensors, key=lambda item: item[0]):
+        flat = tensor.detach().reshape(-1)
+        step = max(1, flat.numel() // _FINGERPRINT_SAMPLES_PER_TENSOR)
+        sample = flat[::step].to(device="cpu", dtype=torch.float32).contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()
