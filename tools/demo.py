@@ -31,13 +31,13 @@ from pathlib import Path
 from typing import List, Optional
 
 import torch
-from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 from PIL import Image
 
 import dearli  # noqa: F401  (registers datasets and models)
 from dearli.cli import add_tool_arguments, parse_tool_args
 from dearli.config import load_config
+from dearli.data.datasets.validate import read_rgb_image
 from dearli.engine.predictor import DEARLiPredictor, check_stuff_names, normalise_class_list
 from dearli.engine.visualization import draw_panoptic, draw_semantic, named_segments
 from dearli.modeling.weight_files import CheckpointError
@@ -174,7 +174,7 @@ def run(args, stems: List[str], classes: Optional[List[List[str]]]) -> List[str]
     failed = []
     for path, stem in zip(args.input, stems):
         try:
-            image = read_image(path, format="RGB")
+            image = read_rgb_image(path)  # 16-bit scaled, 32-bit/float refused
         except Exception as e:  # missing file, not an image, truncated file ...: skip, report below
             print(f"error: cannot read input image {path}: {type(e).__name__}: {e}", file=sys.stderr)
             failed.append(path)

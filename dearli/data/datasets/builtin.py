@@ -4,9 +4,10 @@ Roots:
 - datasets: ``$DETECTRON2_DATASETS`` (default ``datasets``), as for Detectron2's own datasets;
 - split lists: ``DATASETS.SPLITS_ROOT`` in the config, else ``$DEARLI_SPLITS``, else
   ``$DETECTRON2_DATASETS/splits``. At import the environment decides; every place that loads
-  datasets named by a config (the train loader, the test loader and evaluators, the tools) first
-  calls :func:`register_split_datasets_from_cfg`, which re-registers the split names under the
-  config's ``DATASETS.SPLITS_ROOT`` when it is set;
+  datasets named by a config (the train loader, the model, the test loader and evaluators, the
+  predictor, the tools) first calls ``from_config.register_config_datasets``, which calls
+  :func:`register_split_datasets_from_cfg`: it re-registers the split names under the config's
+  ``DATASETS.SPLITS_ROOT`` when it is set;
 - CamVid: ``$DEARLI_CAMVID``, else ``$DETECTRON2_DATASETS/camvid``.
 
 No file is opened here; a missing dataset fails when it is first loaded, with the path and the
