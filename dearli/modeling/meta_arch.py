@@ -281,14 +281,19 @@ def nearest_indices(in_size: int, out_size: int, device) -> torch.Tensor:
     return centres.floor().long().clamp_(max=in_size - 1)
 
 
+def resize_nearest(label_map: torch.Tensor, size) -> torch.Tensor:
+    """An integer map [h, w] resized to ``size`` by nearest neighbour (no float copy of the map)."""
+    rows = nearest_indices(label_map.shape[0], size[0], label_map.device)
+    cols = nearest_indices(label_map.shape[1], size[1], label_map.device)
+    return label_map[rows[:, None], cols[None, :]]
+
+
 def resize_panoptic(pan_seg: torch.Tensor, segments_info: List[Dict], size):
     """(segment id map resized to ``size`` by nearest neighbour, segments_info without the segments
     that a reduction left with no pixel: the panoptic evaluator refuses ids absent from the PNG)."""
     if tuple(pan_seg.shape) == tuple(size):
         return pan_seg, segments_info
-    rows = nearest_indices(pan_seg.shape[0], size[0], pan_seg.device)
-    cols = nearest_indices(pan_seg.shape[1], size[1], pan_seg.device)
-    resized = pan_seg[rows[:, None], cols[None, :]]
+    resized = resize_nearest(pan_seg, size)
     largest_id = max((int(s["id"]) for s in segments_info), default=0)
     areas = torch.bincount(resized.flatten().long(), minlength=largest_id + 1)
     return resized, [s for s in segments_info if areas[s["id"]] > 0]
