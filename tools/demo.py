@@ -43,7 +43,7 @@ from dearli.config import load_config
 from dearli.data.datasets.validate import read_rgb_image
 from dearli.engine.predictor import DEARLiPredictor, check_stuff_names, normalise_class_list
 from dearli.engine.visualization import draw_panoptic, draw_semantic, named_segments
-from dearli.modeling.meta_arch import resize_nearest, resize_panoptic
+from dearli.modeling.meta_arch import class_argmax, resize_nearest, resize_panoptic
 from dearli.modeling.weight_files import CheckpointError
 from dearli.utils.safe_yaml import ConfigFileError
 from dearli.utils.atomic_io import atomic_write
@@ -173,7 +173,7 @@ def process_image(predictor: DEARLiPredictor, image, path: str, stem: str, outpu
     """Predict one image and write its files; returns the written paths."""
     outputs = predictor(image)
     pan_seg, segments_info = confident_segments(outputs["panoptic_seg"][0].cpu(), outputs["panoptic_seg"][1], threshold)
-    sem_labels = outputs.pop("sem_seg").cpu().argmax(dim=0)  # the scores are C x H x W floats: free them
+    sem_labels = class_argmax(outputs.pop("sem_seg").cpu())  # the scores are C x H x W floats: free them
     written = [output_dir / f"{stem}_panoptic.png", output_dir / f"{stem}_semantic.png"]
     panoptic_overlay, semantic_overlay = draw_overlays(image, pan_seg, segments_info, sem_labels, predictor.metadata)
     write_png(written[0], panoptic_overlay)

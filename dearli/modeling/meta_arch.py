@@ -281,6 +281,17 @@ def nearest_indices(in_size: int, out_size: int, device) -> torch.Tensor:
     return centres.floor().long().clamp_(max=in_size - 1)
 
 
+def class_argmax(scores: torch.Tensor) -> torch.Tensor:
+    """``scores.argmax(0)`` of per-class scores [C, H, W] (first class on ties), computed one class
+    at a time: contiguous passes, where torch's argmax over dim 0 of a large CPU map is ~50x slower."""
+    best, labels = scores[0].clone(), torch.zeros(scores.shape[1:], dtype=torch.int64, device=scores.device)
+    for index in range(1, scores.shape[0]):
+        higher = scores[index] > best
+        best = torch.where(higher, scores[index], best)
+        labels.masked_fill_(higher, index)
+    return labels
+
+
 def resize_nearest(label_map: torch.Tensor, size) -> torch.Tensor:
     """An integer map [h, w] resized to ``size`` by nearest neighbour (no float copy of the map)."""
     rows = nearest_indices(label_map.shape[0], size[0], label_map.device)

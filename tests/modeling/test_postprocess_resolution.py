@@ -101,3 +101,8 @@ def test_resize_panoptic_drops_segments_that_a_reduction_leaves_without_pixels()
     resized, kept = resize_panoptic(pan_seg, info, (2, 2))
     assert resized.tolist() == [[1, 1], [3, 3]]  # sources: rows and columns 1 and 3 (pixel centres)
     assert [s["id"] for s in kept] == [1, 3]
+
+
+def test_class_argmax_equals_torch_argmax_including_ties():
+    scores = torch.randint(0, 3, (5, 7, 9), generator=torch.Generator().manual_seed(2)).float()  # many ties
+    assert torch.equal(meta_arch.class_argmax(scores), scores.argmax(0))
