@@ -83,6 +83,14 @@ def test_panoptic_png_of_another_size_names_the_png(tmp_path):
                                 "(10, 10); the ground truth must have the image's size")
 
 
+def test_image_missing_from_the_panoptic_json_names_json_and_image(tmp_path):
+    evaluator, _ = panoptic_evaluator(tmp_path, two_segments(), SEGMENTS)
+    with pytest.raises(DatasetFileError) as error:
+        evaluator.process([{"file_name": "other.jpg", "image_id": 5, "height": 10, "width": 10}],
+                          [{"panoptic_seg": (torch.from_numpy(two_segments()), PREDICTED)}])
+    assert str(error.value) == f"{tmp_path / 'gt.json'}: no annotation for image_id 5 (other.jpg)"
+
+
 # ---- semantic: 9 classes, ignore 255 ------------------------------------------------------------
 
 def semantic_evaluator(tmp_path, labels):
