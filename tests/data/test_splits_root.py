@@ -4,7 +4,7 @@ $DETECTRON2_DATASETS/splits)."""
 import pytest
 from detectron2.config import get_cfg
 
-from dataset_trees import restore_default_registrations  # noqa: F401 (autouse)
+from helpers.dataset_trees import restore_default_registrations  # noqa: F401 (autouse)
 from dearli.config import add_dearli_config
 from dearli.data import sampling, shapes
 from helpers.split_trees import LOOKUP_ORDER, UNLABELED_SPLIT, build_two_split_roots

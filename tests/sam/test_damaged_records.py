@@ -13,7 +13,7 @@ from dearli.sam.tiny import TINY_MODEL_TYPE
 from helpers.tools import load_tool
 
 tool = load_tool("generate_sam_pseudolabels")
-SETTINGS = GeneratorSettings(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+SETTINGS = GeneratorSettings(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, points_per_batch=256)
 FLAGS = ["--model-type", TINY_MODEL_TYPE, "--points-per-side", "4", "--pred-iou-thresh", "0",
          "--stability-score-thresh", "0", "--device", "cpu", "--no-progress"]
 KEYS = ("img_a", "img_b", "img_c")
