@@ -147,6 +147,12 @@ def _add_head_config(cfg):
     cfg.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD = 0.0
     # Drop a segment whose visible part is below this fraction of its full mask.
     cfg.MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD = 0.8
+    # Largest original image (height x width pixels) post-processed at its original size, the
+    # reference's order (all Q mask logits upsampled first: Q x H x W floats). Larger images are
+    # post-processed at the test resolution and only the final panoptic / semantic maps are
+    # resized, so memory stays bounded (an 8000x6000 photo). The default covers ADE20K, COCO,
+    # CamVid and Cityscapes (2048x1024) frames; 0 = always at the test resolution.
+    cfg.MODEL.MASK_FORMER.TEST.POSTPROCESS_MAX_PIXELS = 2_100_000
 
 
 def _add_clip_head_config(cfg):

@@ -36,13 +36,14 @@ from typing import Callable, Dict, List
 
 import torch
 from detectron2.data import DatasetCatalog
-from detectron2.data.detection_utils import read_image
 from detectron2.engine import HookBase, hooks
 from tabulate import tabulate
 
 import dearli  # noqa: F401  (registers datasets, mappers and models)
 from dearli.cli import add_tool_arguments, parse_tool_args
 from dearli.config import load_config
+from dearli.data.datasets.from_config import register_config_datasets
+from dearli.data.datasets.validate import read_rgb_image
 from dearli.data.sampling import build_train_loader
 from dearli.engine.hooks import PseudoLabelTelemetry, peak_memory_mb
 from dearli.engine.precision import build_precision
@@ -249,13 +250,14 @@ def sync_report(counter: SyncCounter, iterations: int, top: int = 40) -> Dict:
 # ---- infer and teacher ----------------------------------------------------------------------------
 
 def benchmark_infer(cfg, warmup: int, iters: int, timer: PhaseTimer) -> None:
+    register_config_datasets(cfg)
     files = [record["file_name"] for record in DatasetCatalog.get(cfg.DATASETS.TEST[0])]
     predictor = DEARLiPredictor(cfg)
     precision = build_precision(cfg)
     for iteration in range(warmup + iters):
         if iteration == warmup:
             reset_peak_memory(timer.device_type)
-        image, data_seconds = timer.measure(read_image, files[iteration % len(files)], "RGB")
+        image, data_seconds = timer.measure(read_rgb_image, files[iteration % len(files)])
         with precision.autocast():
             _, model_seconds = timer.measure(predictor, image)
         if iteration >= warmup:

@@ -8,12 +8,13 @@ Config overrides are trailing KEY VALUE pairs, as in train_net.py (``--opts KEY 
 accepted as an alias).
 
 For each input ``<dir>/<name>.<ext>`` it writes ``<output>/<name>_panoptic.png`` and
-``<output>/<name>_semantic.png`` (the image overlaid with segments labelled by class name) and, with
-``--json``, ``<output>/<name>_segments.json`` (one entry per panoptic segment: id, category_id,
-category_name, isthing, score, area). Files are written atomically. ``--confidence-threshold S``
-keeps only panoptic segments scoring at least S: the others are neither drawn in the panoptic
-overlay nor listed in the json (their pixels show the image). The semantic overlay is per pixel
-and not filtered.
+``<output>/<name>_semantic.png`` (the image overlaid with segments labelled by class name; the
+overlays of an input over 4 megapixels are scaled down to about 4 megapixels) and, with ``--json``,
+``<output>/<name>_segments.json`` (one entry per panoptic segment: id, category_id, category_name,
+isthing, score, area in pixels of the input). Files are written atomically.
+``--confidence-threshold S`` keeps only panoptic segments scoring at least S: the others are neither
+drawn in the panoptic overlay nor listed in the json (their pixels show the image). The semantic
+overlay is per pixel and not filtered.
 
 Open vocabulary: ``--classes "cat,dog,grass"`` or ``--class-file F`` (one class per line, synonyms
 separated by commas, e.g. ``dog,puppy``; blank lines and ``#`` comments ignored) replace the
@@ -26,26 +27,32 @@ ends the run with an error naming the file (exit code 1).
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 import torch
-from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 from PIL import Image
 
 import dearli  # noqa: F401  (registers datasets and models)
 from dearli.cli import add_tool_arguments, parse_tool_args
 from dearli.config import load_config
+from dearli.data.datasets.validate import read_rgb_image
 from dearli.engine.predictor import DEARLiPredictor, check_stuff_names, normalise_class_list
 from dearli.engine.visualization import draw_panoptic, draw_semantic, named_segments
+from dearli.modeling.meta_arch import class_argmax, resize_nearest, resize_panoptic
 from dearli.modeling.weight_files import CheckpointError
 from dearli.utils.safe_yaml import ConfigFileError
 from dearli.utils.atomic_io import atomic_write
 from dearli.utils.threads import setup_threads
 
 logger = logging.getLogger("dearli.demo")
+# Overlays of larger inputs are drawn on a copy scaled down to about this many pixels: Detectron2's
+# Visualizer takes minutes and gigabytes on a 48-megapixel photo. The json keeps full-size areas.
+OVERLAY_MAX_PIXELS = 4_000_000
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -143,14 +150,34 @@ def confident_segments(pan_seg: torch.Tensor, segments_info, threshold: float):
     return pan_seg, kept
 
 
+def overlay_size(height: int, width: int):
+    """(h, w) of the overlays: the input size, scaled down to about OVERLAY_MAX_PIXELS if larger."""
+    scale = min(1.0, math.sqrt(OVERLAY_MAX_PIXELS / (height * width)))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def draw_overlays(image, pan_seg, segments_info, sem_labels, metadata):
+    """(panoptic overlay, semantic overlay) at ``overlay_size`` of the image."""
+    size = overlay_size(*image.shape[:2])
+    if size != image.shape[:2]:
+        logger.info("input of %dx%d pixels: overlays drawn at %dx%d", image.shape[1], image.shape[0], size[1], size[0])
+        image = np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+        pan_seg, segments_info = resize_panoptic(pan_seg, segments_info, size)
+        sem_labels = resize_nearest(sem_labels, size)
+    return (draw_panoptic(image, pan_seg, segments_info, metadata),
+            draw_semantic(image, sem_labels, metadata))
+
+
 def process_image(predictor: DEARLiPredictor, image, path: str, stem: str, output_dir: Path,
                   with_json: bool, threshold: float = 0.0) -> List[Path]:
     """Predict one image and write its files; returns the written paths."""
     outputs = predictor(image)
     pan_seg, segments_info = confident_segments(outputs["panoptic_seg"][0].cpu(), outputs["panoptic_seg"][1], threshold)
+    sem_labels = class_argmax(outputs.pop("sem_seg").cpu())  # the scores are C x H x W floats: free them
     written = [output_dir / f"{stem}_panoptic.png", output_dir / f"{stem}_semantic.png"]
-    write_png(written[0], draw_panoptic(image, pan_seg, segments_info, predictor.metadata))
-    write_png(written[1], draw_semantic(image, outputs["sem_seg"].cpu(), predictor.metadata))
+    panoptic_overlay, semantic_overlay = draw_overlays(image, pan_seg, segments_info, sem_labels, predictor.metadata)
+    write_png(written[0], panoptic_overlay)
+    write_png(written[1], semantic_overlay)
     if with_json:
         written.append(output_dir / f"{stem}_segments.json")
         write_json(written[2], {
@@ -174,7 +201,9 @@ def run(args, stems: List[str], classes: Optional[List[List[str]]]) -> List[str]
     failed = []
     for path, stem in zip(args.input, stems):
         try:
-            image = read_image(path, format="RGB")
+            if not Path(path).is_file():  # reported by its own type, as before the shared reader
+                raise FileNotFoundError(f"no such file: {path}")
+            image = read_rgb_image(path)  # 16-bit scaled, 32-bit/float refused
         except Exception as e:  # missing file, not an image, truncated file ...: skip, report below
             print(f"error: cannot read input image {path}: {type(e).__name__}: {e}", file=sys.stderr)
             failed.append(path)

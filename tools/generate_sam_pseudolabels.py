@@ -185,6 +185,8 @@ def report(label_dir, summary, oracle):
     print(f"[{kind}] {summary.format()}")
     for file_name, error in summary.failures:
         print(f"  failed: {file_name}: {error}")
+    for path, reason in summary.damaged:
+        print(f"  regenerated damaged record: {path}: {reason}")
     print(f"label folder (SAM.LABEL_DIR): {label_dir}")
 
 

@@ -30,6 +30,7 @@ import dearli  # noqa: F401  (registers datasets, mappers and models)
 from dearli.cli import add_tool_arguments, parse_tool_args
 from dearli.config import load_config
 from dearli.data.datasets.from_config import register_config_datasets
+from dearli.data.datasets.validate import read_rgb_image
 from dearli.data.sampling import build_train_batches
 from dearli.engine.pseudo_labels import cutmix_image
 from dearli.engine.panels import display_scale, panel_row
@@ -114,7 +115,7 @@ def unlabeled_panels(sample, scale):
 
 
 def dataset_panel(dataset_dict, metadata, scale):
-    image = np.asarray(Image.open(dataset_dict["file_name"]).convert("RGB"))
+    image = read_rgb_image(dataset_dict["file_name"])
     scale = panel_scale(image, scale)
     visualizer = LabelledVisualizer(image, drawing_metadata(metadata), scale=scale)
     drawn = visualizer.draw_dataset_dict({k: v for k, v in dataset_dict.items() if k != "sem_seg_file_name"})

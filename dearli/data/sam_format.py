@@ -19,8 +19,11 @@ Why one JSON file per image, in 256 hashed buckets (instead of a few large shard
 - Training reads one image's masks at random: a per-image file is one open + one small read, no
   shard index to keep in memory in every data-loader worker.
 - Resuming and sharding over GPUs/machines need no coordination: an image is finished iff its
-  file exists, and each file is written atomically (temp file in the same folder, fsync,
-  ``os.replace``), so a killed run leaves either the complete file or an ignored ``.tmp-*`` file.
+  file exists and reads back whole, and each file is written atomically (temp file in the same
+  folder, fsync, ``os.replace``), so a killed run leaves either the complete file or an ignored
+  ``.tmp-*`` file. A rerun verifies every existing record of its images (``verify_finished``:
+  schema, key and checksum; one JSON read per record, no mask decoding) and regenerates the
+  damaged ones (a disk error or a hand edit), naming them.
 - The index is only a summary (fast "which images are done" without opening files); the record
   files are the ground truth, so a stale index can never make training read a partial file.
 
@@ -244,6 +247,35 @@ def finished_keys(label_dir):
         for bucket in os.scandir(masks_dir) if bucket.is_dir()
         for entry in os.listdir(bucket.path) if entry.endswith(".json") and not entry.startswith(TMP_PREFIX)
     }
+
+
+def record_damage(label_dir, key):
+    """None if the record of image ``key`` reads back whole (schema, key, checksum), else why not."""
+    path = record_path(label_dir, key)
+    try:
+        record = read_record(path)
+        _check(record["image"].get("key") == key, path, f"record is for image {record['image'].get('key')!r}")
+    except SamLabelError as e:
+        return str(e)
+    return None
+
+
+def verify_finished(label_dir, keys):
+    """(keys among ``keys`` with a sound record, [[path, reason], ...] of the damaged records).
+
+    Damaged records are deleted, so they are regenerated like missing ones; a run killed before
+    that leaves them missing, which the next run also regenerates.
+    """
+    existing = finished_keys(label_dir) & set(keys)
+    damaged = []
+    for key in sorted(existing):
+        reason = record_damage(label_dir, key)
+        if reason is not None:
+            path = record_path(label_dir, key)
+            damaged.append([str(path), reason])
+            path.unlink(missing_ok=True)
+            existing.discard(key)
+    return existing, damaged
 
 
 def remove_stale_temp_files(label_dir):

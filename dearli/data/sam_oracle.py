@@ -17,12 +17,12 @@ from detectron2.data.datasets.coco_panoptic import load_coco_panoptic_json
 from dearli.data.datasets.validate import read_panoptic_ids
 from dearli.data.sam_format import (
     ensure_meta,
-    finished_keys,
     image_key,
     make_record,
     mask_annotation,
     remove_stale_temp_files,
     update_index,
+    verify_finished,
     write_record,
 )
 
@@ -79,7 +79,9 @@ def write_oracle_labels(dataset_dicts, label_dir):
     """
     ensure_meta(label_dir, ORACLE_META)
     remove_stale_temp_files(label_dir)
-    done = finished_keys(label_dir)
+    done, damaged = verify_finished(label_dir, [image_key(d["file_name"]) for d in dataset_dicts])
+    for path, reason in damaged:
+        logger.warning("damaged oracle record %s is rewritten (%s)", path, reason)
     todo = [d for d in dataset_dicts if image_key(d["file_name"]) not in done]
     if todo:
         logger.warning("writing ORACLE proposals (ground-truth segments, not SAM) of %d images to %s", len(todo), label_dir)

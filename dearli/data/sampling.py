@@ -38,6 +38,7 @@ from detectron2.data.common import DatasetFromList
 from detectron2.utils import comm
 
 from . import mappers  # noqa: F401  (registers the training mappers)
+from .datasets.from_config import register_config_datasets
 from .registry import MAPPER_REGISTRY, build_mapper
 
 logger = logging.getLogger(__name__)
@@ -207,6 +208,7 @@ def build_train_batches(cfg, start_iter=0, *, rank=None, world_size=None) -> Tra
     rank = comm.get_rank() if rank is None else rank
     world_size = comm.get_world_size() if world_size is None else world_size
     layout = BatchLayout.from_config(cfg, rank, world_size)
+    register_config_datasets(cfg)  # e.g. the split names must read the config's SPLITS_ROOT
     labeled = DatasetFromList(dataset_dicts("DATASETS.TRAIN", cfg.DATASETS.TRAIN), copy=True)
     unlabeled, unlabeled_mapper = None, None
     check_unlabeled_data(cfg)

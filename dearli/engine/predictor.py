@@ -20,11 +20,11 @@ from typing import Iterable, List, Sequence, Union
 import numpy as np
 import torch
 from detectron2.data import MetadataCatalog
-from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
 from detectron2.modeling import build_model
 
 from ..data.datasets.from_config import register_config_datasets
+from ..data.mappers.test_time import test_resize
 from ..modeling import meta_arch  # noqa: F401  (registers the DEARLi meta-architecture)
 from ..modeling.checkpoint import DEARLiCheckpointer
 from ..modeling.fingerprint import config_for_checkpoint
@@ -70,9 +70,7 @@ class DEARLiPredictor:
         if not self.cfg.MODEL.WEIGHTS:
             logger.warning("MODEL.WEIGHTS is empty: the predictor runs a randomly initialised model")
         self.metadata = MetadataCatalog.get(model_dataset_name(self.cfg))
-        self.resize = T.ResizeShortestEdge(
-            [self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MIN_SIZE_TEST], self.cfg.INPUT.MAX_SIZE_TEST
-        )
+        self.resize = test_resize(self.cfg)  # the evaluation loader's resize
 
     @property
     def num_classes(self) -> int:

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 import torch
-from detectron2.data import MetadataCatalog, build_detection_test_loader
+from detectron2.data import MetadataCatalog
 from detectron2.utils.events import EventStorage
 
 from ..data import sampling
@@ -51,7 +51,7 @@ def save_stage_predictions(cfg, name: str, visuals_dir: str, count: int, scale: 
         model.eval()
     paths = []
     with torch.no_grad():
-        for k, inputs in enumerate(build_detection_test_loader(cfg, dataset)):
+        for k, inputs in enumerate(DEARLiTrainer.build_test_loader(cfg, dataset)):
             if k >= count:
                 break
             image = read_rgb_image(inputs[0]["file_name"])  # the mappers' reader: the pixels the model saw

@@ -22,7 +22,7 @@ from collections import OrderedDict
 
 import torch
 import torch.distributed as dist
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
 from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.evaluation import (
     DatasetEvaluator, DatasetEvaluators, SemSegEvaluator, inference_on_dataset, print_csv_format,
@@ -32,8 +32,9 @@ from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import setup_logger
 
 from ..data.datasets.from_config import register_config_datasets
+from ..data.mappers.test_time import TestImageMapper
 from ..data.sampling import build_train_loader, check_registered, check_unlabeled_data, seed_of
-from ..evaluation import build_panoptic_evaluator
+from ..evaluation import CheckedSemSegEvaluator, build_panoptic_evaluator
 from . import optim
 from .hooks import PeakMemory, PseudoLabelTelemetry
 from .launch import create_ddp_model
@@ -285,6 +286,12 @@ class DEARLiTrainer(DefaultTrainer):
         return build_train_loader(cfg, start_iter=start_iter)
 
     @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        """Detectron2's test loader with dearli's image reader (16-bit images scaled, not clipped)."""
+        register_config_datasets(cfg)
+        return build_detection_test_loader(cfg, dataset_name, mapper=TestImageMapper(cfg))
+
+    @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return build_evaluator(cfg, dataset_name, output_folder)
 
@@ -297,6 +304,7 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
     """
     if cfg.TEST.AUG.ENABLED:
         raise NotImplementedError("TEST.AUG.ENABLED: test-time augmentation is not implemented (nor in the reference)")
+    register_config_datasets(cfg)
     records = DatasetCatalog.get(dataset_name)  # some registrations fill their metadata on load
     metadata = MetadataCatalog.get(dataset_name)
     test_cfg = cfg.MODEL.MASK_FORMER.TEST
@@ -304,7 +312,7 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
     if test_cfg.PANOPTIC_ON and metadata.get("panoptic_json", None):
         evaluators.append(build_panoptic_evaluator(dataset_name, output_folder))
     if test_cfg.SEMANTIC_ON and records and "sem_seg_file_name" in records[0]:
-        evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
+        evaluators.append(CheckedSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
     if not evaluators:
         raise ValueError(
             f"no evaluator for {dataset_name!r} (evaluator_type={metadata.get('evaluator_type', None)!r}): "

@@ -135,8 +135,9 @@ def named_segments(segments_info: Sequence[Dict], metadata, panoptic_seg=None) -
     names = class_names(metadata)
     areas = {}
     if panoptic_seg is not None:
-        ids, counts = torch.unique(torch.as_tensor(panoptic_seg).cpu(), return_counts=True)
-        areas = dict(zip(ids.tolist(), counts.tolist()))
+        ids = torch.as_tensor(panoptic_seg).cpu().flatten().long()
+        counts = torch.bincount(ids.clamp(min=0))  # linear time: unique() sorts all pixels
+        areas = {i: n for i, n in enumerate(counts.tolist()) if n}
     segments = []
     for segment in segments_info:
         item = {key: _plain(value) for key, value in segment.items()}

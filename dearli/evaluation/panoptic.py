@@ -11,6 +11,9 @@ void and same-class crowd regions excused) and computes the averages itself:
   has no class (e.g. ``PQ_th`` of an all-stuff dataset) instead of an exception;
 - ``PQ-<class>``, ``SQ-<class>``, ``RQ-<class>`` per class (NaN for a class that occurs in neither
   the ground truth nor the predictions), like ``SemSegEvaluator``'s ``IoU-<class>``.
+
+``process`` checks each image's ground truth first (:mod:`.checks`): panopticapi would silently
+skip PNG ids that the json does not list.
 """
 import contextlib
 import io
@@ -27,6 +30,8 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 from panopticapi.evaluation import pq_compute_multi_core, pq_compute_single_core
 from tabulate import tabulate
+
+from .checks import PanopticGroundTruth
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +87,22 @@ def compute_pq_stat(gt_json, pred_annotations, gt_folder, pred_folder, json_file
 
 class PerClassPanopticEvaluator(COCOPanopticEvaluator):
     """Detectron2's ``COCOPanopticEvaluator`` plus per-class results (module docstring)."""
+
+    def process(self, inputs, outputs):
+        ground_truth = self._ground_truth()
+        for sample, output in zip(inputs, outputs):
+            ground_truth.check(sample, output["panoptic_seg"][0].shape[-2:])
+        super().process(inputs, outputs)
+
+    def _ground_truth(self):
+        """The dataset's panoptic json, read once per evaluator (on first use)."""
+        if getattr(self, "_checked_ground_truth", None) is None:
+            json_file = PathManager.get_local_path(self._metadata.panoptic_json)
+            with open(json_file, "r", encoding="utf-8") as f:
+                gt_json = json.load(f)
+            panoptic_root = PathManager.get_local_path(self._metadata.panoptic_root)
+            self._checked_ground_truth = PanopticGroundTruth(gt_json, json_file, panoptic_root)
+        return self._checked_ground_truth
 
     def evaluate(self):
         comm.synchronize()

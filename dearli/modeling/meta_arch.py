@@ -8,7 +8,13 @@ forward pass (the criterion still runs per set, normalised as before).
 
 Evaluation: ``forward(list[dict])`` returns Detectron2's standard
 ``{"panoptic_seg": (int32 [h, w], segments_info), "sem_seg": float [C, h, w]}`` at each image's
-original size, so ``COCOPanopticEvaluator`` and ``SemSegEvaluator`` work unchanged.
+original size, so ``COCOPanopticEvaluator`` and ``SemSegEvaluator`` work unchanged. Up to
+``MODEL.MASK_FORMER.TEST.POSTPROCESS_MAX_PIXELS`` original pixels this is the reference's
+(Mask2Former's) order: all Q mask logits are upsampled to the original size, then post-processed.
+That costs Q x H x W floats (15 GB and 5 minutes for an 8000x6000 photo), so a larger image is
+post-processed at the test resolution (the resized input, e.g. short side 640) and only the two
+final maps are resized: the panoptic ids by nearest neighbour, the semantic scores bilinearly. The
+README gives the measured difference between the two orders.
 
 Teacher: ``predict_panoptic(images, zero_shot, object_threshold, overlap_threshold)`` returns
 panoptic pseudo-labels at the input canvas resolution through the same rule as ``panoptic_inference``
@@ -58,6 +64,7 @@ class DEARLi(nn.Module):
         thing_ids: Sequence[int],
         object_threshold: float,
         overlap_threshold: float,
+        postprocess_max_pixels: int = 2_100_000,
         panoptic_on: bool = True,
         semantic_on: bool = True,
         zero_shot_enabled: bool = True,
@@ -76,6 +83,7 @@ class DEARLi(nn.Module):
         self.thing_ids = frozenset(int(i) for i in thing_ids)
         self.object_threshold = object_threshold
         self.overlap_threshold = overlap_threshold
+        self.postprocess_max_pixels = postprocess_max_pixels
         self.panoptic_on = panoptic_on
         self.semantic_on = semantic_on
         self.zero_shot_enabled = zero_shot_enabled
@@ -103,6 +111,7 @@ class DEARLi(nn.Module):
             "thing_ids": list(metadata.get("thing_dataset_id_to_contiguous_id", {}).values()),
             "object_threshold": mask_former.TEST.OBJECT_MASK_THRESHOLD,
             "overlap_threshold": mask_former.TEST.OVERLAP_THRESHOLD,
+            "postprocess_max_pixels": mask_former.TEST.POSTPROCESS_MAX_PIXELS,
             "panoptic_on": mask_former.TEST.PANOPTIC_ON,
             "semantic_on": mask_former.TEST.SEMANTIC_ON,
             "zero_shot_enabled": cfg.MODEL.CLIP_HEAD.ZERO_SHOT_ENABLED,
@@ -153,19 +162,30 @@ class DEARLi(nn.Module):
     def inference(self, batched_inputs: List[Dict]) -> List[Dict]:
         images = self.preprocess_images([x["image"] for x in batched_inputs])
         class_scores, mask_logits = self._scores_and_masks(images, self.zero_shot_enabled)
+        padded_size = images.tensor.shape[-2:]
         results = []
-        for scores, masks, image_size, sample in zip(class_scores, mask_logits, images.image_sizes, batched_inputs):
-            height, width = sample.get("height", image_size[0]), sample.get("width", image_size[1])
-            masks = sem_seg_postprocess(_upsample(masks, images.tensor.shape[-2:]), image_size, height, width)
-            result = {}
-            if self.semantic_on:
-                result["sem_seg"] = semantic_inference(scores, masks)
-            if self.panoptic_on:
-                result["panoptic_seg"] = panoptic_inference(
-                    scores, masks, self.thing_ids, self.object_threshold, self.overlap_threshold
-                )
-            results.append(result)
+        for scores, masks, (h, w), sample in zip(class_scores, mask_logits, images.image_sizes, batched_inputs):
+            output_size = (int(sample.get("height", h)), int(sample.get("width", w)))
+            masks = _upsample(masks, padded_size)
+            if output_size[0] * output_size[1] <= self.postprocess_max_pixels:  # the reference's order
+                masks = sem_seg_postprocess(masks, (h, w), *output_size)
+            else:  # the test resolution, padding cut; the final maps are resized
+                masks = masks[:, :h, :w]
+            results.append(self._postprocess(scores, masks, output_size))
         return results
+
+    def _postprocess(self, scores: torch.Tensor, masks: torch.Tensor, output_size) -> Dict:
+        """Panoptic / semantic post-processing of one image at the resolution of ``masks``, then
+        one resize of each final map to ``output_size`` (module docstring)."""
+        result = {}
+        if self.semantic_on:
+            result["sem_seg"] = resize_scores(semantic_inference(scores, masks), output_size)
+        if self.panoptic_on:
+            pan_seg, segments_info = panoptic_inference(
+                scores, masks, self.thing_ids, self.object_threshold, self.overlap_threshold
+            )
+            result["panoptic_seg"] = resize_panoptic(pan_seg, segments_info, output_size)
+        return result
 
     @torch.no_grad()
     def predict_panoptic(
@@ -279,6 +299,49 @@ def _slice_outputs(outputs: Dict, start: int, stop: int) -> Dict:
 def _upsample(mask_logits: torch.Tensor, size) -> torch.Tensor:
     """One image's mask logits [Q, h, w] bilinearly resized to the padded input size."""
     return F.interpolate(mask_logits[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
+
+
+def resize_scores(scores: torch.Tensor, size) -> torch.Tensor:
+    """Per-class scores [C, h, w] bilinearly resized to ``size`` (unchanged when already that size)."""
+    if tuple(scores.shape[-2:]) == tuple(size):
+        return scores
+    return F.interpolate(scores[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
+
+
+def nearest_indices(in_size: int, out_size: int, device) -> torch.Tensor:
+    """Source index of each output pixel for a nearest-neighbour resize, by pixel centres (torch's
+    ``nearest-exact``): symmetric, and every source pixel is used when enlarging."""
+    centres = (torch.arange(out_size, device=device, dtype=torch.float64) + 0.5) * (in_size / out_size)
+    return centres.floor().long().clamp_(max=in_size - 1)
+
+
+def class_argmax(scores: torch.Tensor) -> torch.Tensor:
+    """``scores.argmax(0)`` of per-class scores [C, H, W] (first class on ties), computed one class
+    at a time: contiguous passes, where torch's argmax over dim 0 of a large CPU map is ~50x slower."""
+    best, labels = scores[0].clone(), torch.zeros(scores.shape[1:], dtype=torch.int64, device=scores.device)
+    for index in range(1, scores.shape[0]):
+        higher = scores[index] > best
+        best = torch.where(higher, scores[index], best)
+        labels.masked_fill_(higher, index)
+    return labels
+
+
+def resize_nearest(label_map: torch.Tensor, size) -> torch.Tensor:
+    """An integer map [h, w] resized to ``size`` by nearest neighbour (no float copy of the map)."""
+    rows = nearest_indices(label_map.shape[0], size[0], label_map.device)
+    cols = nearest_indices(label_map.shape[1], size[1], label_map.device)
+    return label_map[rows[:, None], cols[None, :]]
+
+
+def resize_panoptic(pan_seg: torch.Tensor, segments_info: List[Dict], size):
+    """(segment id map resized to ``size`` by nearest neighbour, segments_info without the segments
+    that a reduction left with no pixel: the panoptic evaluator refuses ids absent from the PNG)."""
+    if tuple(pan_seg.shape) == tuple(size):
+        return pan_seg, segments_info
+    resized = resize_nearest(pan_seg, size)
+    largest_id = max((int(s["id"]) for s in segments_info), default=0)
+    areas = torch.bincount(resized.flatten().long(), minlength=largest_id + 1)
+    return resized, [s for s in segments_info if areas[s["id"]] > 0]
 
 
 def _pad_to(mask: torch.Tensor, size) -> torch.Tensor:

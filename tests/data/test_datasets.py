@@ -174,14 +174,15 @@ def test_grayscale_and_rgba_images_are_converted_to_rgb(tmp_path, shared_data):
     assert np.array_equal(read_rgb_image(tmp_path / "rgba.png"), rgb)  # alpha dropped
 
 
-def test_corrupt_truncated_and_16_bit_images_raise_naming_the_file(tmp_path, shared_data):
+def test_corrupt_truncated_and_float_images_raise_naming_the_file(tmp_path, shared_data):
+    # 16-bit images are scaled, not refused: tests/data/test_image_reader.py
     data = (shared_data / "coco_panoptic_sample/images/000000142238.jpg").read_bytes()
     (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 2])
     (tmp_path / "garbage.jpg").write_bytes(b"not an image at all")
-    Image.fromarray(np.full((4, 4), 1000, dtype=np.uint16)).save(tmp_path / "deep.png")
+    Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32)).save(tmp_path / "deep.tif")
     for name, message in (("truncated.jpg", "corrupt or truncated"),
                           ("garbage.jpg", "corrupt or truncated"),
-                          ("deep.png", "cannot be converted to 8-bit RGB"),
+                          ("deep.tif", "cannot be converted to 8-bit RGB"),
                           ("absent.jpg", "file not found")):
         with pytest.raises(DatasetFileError, match=rf"{name}: .*{message}"):
             read_rgb_image(tmp_path / name)

@@ -3,9 +3,11 @@
 Roots:
 - datasets: ``$DETECTRON2_DATASETS`` (default ``datasets``), as for Detectron2's own datasets;
 - split lists: ``DATASETS.SPLITS_ROOT`` in the config, else ``$DEARLI_SPLITS``, else
-  ``$DETECTRON2_DATASETS/splits``. At import the environment decides; a trainer whose config sets
-  ``DATASETS.SPLITS_ROOT`` calls :func:`register_split_datasets_from_cfg` (or
-  :func:`register_split_datasets` with any folder, as the tests do) to re-register the split names;
+  ``$DETECTRON2_DATASETS/splits``. At import the environment decides; every place that loads
+  datasets named by a config (the train loader, the model, the test loader and evaluators, the
+  predictor, the tools) first calls ``from_config.register_config_datasets``, which calls
+  :func:`register_split_datasets_from_cfg`: it re-registers the split names under the config's
+  ``DATASETS.SPLITS_ROOT`` when it is set;
 - CamVid: ``$DEARLI_CAMVID``, else ``$DETECTRON2_DATASETS/camvid``.
 
 No file is opened here; a missing dataset fails when it is first loaded, with the path and the
@@ -44,7 +46,8 @@ def register_split_datasets(splits_root=None, datasets_root=None):
 
 
 def register_split_datasets_from_cfg(cfg):
-    """Re-register the split names for the config's ``DATASETS.SPLITS_ROOT`` (no-op when empty)."""
+    """Re-register the split names for the config's ``DATASETS.SPLITS_ROOT`` (no-op when empty:
+    the names registered at import already read the environment's root)."""
     if cfg.DATASETS.SPLITS_ROOT:
         register_split_datasets(splits_root_from_cfg(cfg))
 

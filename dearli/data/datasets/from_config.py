@@ -1,6 +1,7 @@
 """Datasets declared by config keys, so a user registers them with KEY VALUE pairs on the command line.
 
-``register_config_datasets(cfg)`` registers, when their IMAGES key is set:
+``register_config_datasets(cfg)`` re-registers the split names (``*_labeled`` / ``*_unlabeled``)
+under ``DATASETS.SPLITS_ROOT`` when it is set, and registers, when their IMAGES key is set:
 
 - ``DATASETS.SAM_IMAGES``: an image folder or list file with the pseudo-labels that
   ``tools/generate_sam_pseudolabels.py --images ... --output OUT`` wrote (LABEL_DIR may be OUT
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from dearli.data.datasets.builtin import register_split_datasets_from_cfg
 from dearli.data.datasets.metadata import build_panoptic_metadata, semantic_categories
 from dearli.data.datasets.panoptic import read_json, register_panoptic_dataset
 from dearli.data.datasets.sam_images import register_sam_dataset
@@ -33,6 +35,7 @@ _REGISTERED = {}
 
 def register_config_datasets(cfg) -> None:
     """Register the datasets that ``cfg.DATASETS.SAM_IMAGES`` / ``SEMANTIC_FOLDER`` declare."""
+    register_split_datasets_from_cfg(cfg)  # cheap (paths only), so done on every call
     sam = cfg.DATASETS.SAM_IMAGES
     if sam.IMAGES:
         _register_once("DATASETS.SAM_IMAGES", sam.NAME, (sam.IMAGES, sam.LABEL_DIR),

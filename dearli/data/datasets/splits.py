@@ -17,6 +17,11 @@ from dataclasses import dataclass
 from .metadata import register_dataset
 
 
+# How the folder of the split lists is chosen (``builtin.splits_root_from_cfg``), for messages.
+SPLITS_LOOKUP_ORDER = ("Split lists are read from DATASETS.SPLITS_ROOT when the config sets it, else "
+                       "from $DEARLI_SPLITS, else from $DETECTRON2_DATASETS/splits")
+
+
 class SplitListError(ValueError):
     """A split list is malformed or disagrees with the dataset (names the file and line)."""
 
@@ -40,10 +45,9 @@ class SplitEntry:
 def read_split_file(path):
     """The entries of a split list (blank lines skipped; one or two fields per line)."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"split list {path} not found; download the split lists (see datasets/README.md) and "
-            "point DATASETS.SPLITS_ROOT or $DEARLI_SPLITS at their folder"
-        )
+        raise FileNotFoundError(f"split list {path} not found. {SPLITS_LOOKUP_ORDER}; download the "
+                                "split lists (see datasets/README.md) into that folder or point "
+                                "DATASETS.SPLITS_ROOT at theirs")
     entries, first_line_of = [], {}
     with open(path, "r", encoding="utf-8") as f:
         for line_number, line in enumerate(f, start=1):

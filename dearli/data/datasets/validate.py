@@ -3,12 +3,16 @@
 Bad data must never turn into a silently wrong label. These functions are what the mappers call
 instead of reading files directly:
 
-- :func:`read_rgb_image`: any image as RGB uint8 HxWx3. Documented conversions: grayscale (``L``)
-  is replicated to three channels, ``LA`` / ``RGBA`` images lose their alpha channel (it is dropped,
-  not composited), palette (``P``) images are expanded through their palette, CMYK / YCbCr are
-  converted by Pillow. 16-bit and float images are refused (Pillow would clip them). EXIF
-  orientation is applied, as Detectron2's ``read_image`` does. A corrupt or truncated file raises
-  :class:`DatasetFileError`.
+- :func:`read_rgb_image`: any image as RGB uint8 HxWx3; THE image reader of dearli (mappers,
+  evaluation, SAM generation, the demo and the tools all call it). Documented conversions:
+  grayscale (``L``) is replicated to three channels, ``LA`` / ``RGBA`` images lose their alpha
+  channel (it is dropped, not composited), palette (``P``) images are expanded through their
+  palette, CMYK / YCbCr are converted by Pillow. High bit depths: 16-bit RGB(A) files are already
+  decoded by Pillow to 8 bits per channel by keeping the high byte; 16-bit grayscale (Pillow's
+  ``I;16*`` modes) is scaled the same way (``value >> 8``, so 65535 -> 255, not clipped to white as
+  Pillow's own conversion does). 32-bit integer (``I``) and float (``F``) images are refused: their
+  value range is not known. EXIF orientation is applied, as Detectron2's ``read_image`` does. A
+  corrupt or truncated file raises :class:`DatasetFileError`.
 - :func:`read_panoptic_ids`: a COCO panoptic PNG as an int32 id map, checking that every id in
   the PNG has an entry in the json's ``segments_info``.
 - :func:`read_sem_seg`: a semantic label PNG, checking that every value is a class or ``ignore``.
@@ -21,6 +25,8 @@ from .metadata import IGNORE_LABEL
 
 # Pillow modes that convert to RGB without losing information beyond the documented alpha drop.
 _CONVERTIBLE_MODES = {"RGB", "L", "LA", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr", "1"}
+# Pillow's 16-bit single-channel modes (values 0..65535); Pillow's convert() would clip them at 255.
+_SIXTEEN_BIT_GRAY_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
 
 
 class DatasetFileError(ValueError):
@@ -43,12 +49,15 @@ def _open_fully(path):
 def read_rgb_image(path):
     """The image at ``path`` as an RGB uint8 array HxWx3 (see the module docstring)."""
     image = _open_fully(path)
-    if image.mode not in _CONVERTIBLE_MODES:
+    if image.mode not in _CONVERTIBLE_MODES | _SIXTEEN_BIT_GRAY_MODES:
         raise DatasetFileError(
-            f"{path}: image mode {image.mode!r} (e.g. 16-bit or float) cannot be converted to "
-            "8-bit RGB without changing pixel values; convert the file to 8-bit RGB first"
+            f"{path}: image mode {image.mode!r} (32-bit integer or float pixels) has no known "
+            "value range, so it cannot be converted to 8-bit RGB; convert the file to 8-bit or "
+            "16-bit RGB or grayscale first"
         )
     image = ImageOps.exif_transpose(image)
+    if image.mode in _SIXTEEN_BIT_GRAY_MODES:  # high byte, as Pillow decodes 16-bit RGB files
+        image = Image.fromarray((np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8), mode="L")
     return np.asarray(image.convert("RGB"))
 
 
