@@ -1,0 +1,194 @@
+#!/usr/bin/env python
+"""Contrastive image-text pretraining of the tiny OpenCLIP model on captioned synthetic scenes.
+
+Both towers train from scratch with OpenCLIP's own tokenizer and ``ClipLoss`` on pairs from
+``dearli.data.shapes_captions`` (whole scenes with composed captions, and crops around single
+segments), drawn from a random stream disjoint from every ``dearli_shapes_*`` split. The result is an
+OpenCLIP state dict (safetensors, half precision) plus its manifest (settings, sha256) that loads
+through ``MODEL.OPEN_CLIP.PRETRAINED <file>``, exactly like real CLIP weights.
+
+Deterministic: the model is initialised from ``--seed`` and the pairs of step ``s`` depend only on
+(seed, s), so a run resumed from its last checkpoint (``--resume``; model, optimizer, step and losses,
+written atomically every ``--checkpoint-period`` steps) ends with the same weights as an
+uninterrupted one on the same machine and thread count.
+
+    python tools/pretrain_tiny_clip.py                      # writes dearli/weights/<model>.safetensors
+    python tools/pretrain_tiny_clip.py --steps 20 --output /tmp/x.safetensors --work-dir /tmp/w
+"""
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+from tqdm import tqdm
+
+from dearli.data.shapes_captions import pretraining_pairs
+from dearli.modeling.backbone import open_clip_backbone  # noqa: F401  (registers the tiny model configs)
+from dearli.modeling.backbone.weight_manifest import save_weights_with_manifest
+from dearli.utils.atomic_io import atomic_write
+
+logger = logging.getLogger("dearli.pretrain_tiny_clip")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = "dearli_convnext_tiny_shapes"
+CHECKPOINT_NAME = "last_checkpoint.pth"
+# CLIP's input normalisation on 0..1 pixels (the dearli configs' PIXEL_MEAN/STD divided by 255).
+PIXEL_MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+PIXEL_STD = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+LOGIT_SCALE_MAX = math.log(100.0)  # OpenCLIP's clamp of the learned temperature
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything the resulting weights depend on (stored in the manifest and the checkpoints)."""
+    model_name: str = DEFAULT_MODEL
+    seed: int = 0
+    steps: int = 600
+    scenes_per_step: int = 12  # whole-scene pairs per step
+    crops_per_scene: int = 4  # single-segment crop pairs per scene
+    image_size: int = 96  # rendered scene side (the dearli_shapes_* splits' size)
+    scene_input_size: int = 128  # scenes are resized to this side for the image tower
+    crop_input_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+
+
+def learning_rate(settings, step):
+    """Linear warm-up, then cosine decay to zero."""
+    if step < settings.warmup_steps:
+        return settings.lr * (step + 1) / settings.warmup_steps
+    progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
+    return settings.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_model(settings):
+    torch.manual_seed(settings.seed)
+    return open_clip.create_model(settings.model_name)
+
+
+def build_optimizer(model, settings):
+    # Decay matrices and convolutions only; norms, biases, embeddings and the temperature are free.
+    decayed, free = [], []
+    for name, param in model.named_parameters():
+        no_decay = param.ndim < 2 or "embedding" in name or name == "logit_scale"
+        (free if no_decay else decayed).append(param)
+    return torch.optim.AdamW([{"params": decayed, "weight_decay": settings.weight_decay},
+                              {"params": free, "weight_decay": 0.0}], lr=settings.lr)
+
+
+def to_input(images_uint8):
+    """[N,h,w,3] uint8 -> normalised float [N,3,h,w]."""
+    images = torch.from_numpy(np.ascontiguousarray(images_uint8)).permute(0, 3, 1, 2).float() / 255.0
+    return (images - PIXEL_MEAN) / PIXEL_STD
+
+
+def training_step(model, optimizer, loss_fn, tokenizer, settings, step):
+    """One contrastive step on the pairs of ``step``; returns the loss."""
+    scenes, scene_texts, crops, crop_texts = pretraining_pairs(
+        settings.seed, step, settings.scenes_per_step, settings.crops_per_scene,
+        (settings.image_size, settings.image_size), settings.scene_input_size, settings.crop_input_size)
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(settings, step)
+    # Scenes and crops have different sizes: two image-tower passes, one batch for the loss.
+    image_features = torch.cat([model.encode_image(to_input(scenes), normalize=True),
+                                model.encode_image(to_input(crops), normalize=True)])
+    text_features = model.encode_text(tokenizer(scene_texts + crop_texts), normalize=True)
+    loss = loss_fn(image_features, text_features, model.logit_scale.exp())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
+    return float(loss.detach())
+
+
+def save_checkpoint(path, model, optimizer, settings, step, losses):
+    with atomic_write(path) as f:
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                    "settings": dataclasses.asdict(settings), "losses": losses}, f)
+
+
+def load_checkpoint(path, model, optimizer, settings):
+    """Restore a checkpoint written with the same settings; returns (next step, losses so far)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise RuntimeError(f"--resume: cannot read checkpoint {str(path)!r}: {e}") from e
+    stored = state.get("settings", {})
+    differing = sorted(k for k, v in dataclasses.asdict(settings).items() if stored.get(k) != v)
+    if differing:
+        raise ValueError(f"--resume: checkpoint {str(path)!r} was written with other settings "
+                         f"{ {k: stored.get(k) for k in differing} }; this run has "
+                         f"{ {k: getattr(settings, k) for k in differing} }")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return state["step"], list(state["losses"])
+
+
+def pretrain(settings, work_dir, resume=False, checkpoint_period=50, stop_after=None, progress=True):
+    """Train (or resume) up to ``settings.steps`` (or ``stop_after``) steps; returns (model, losses
+    per step). Checkpoints go to ``work_dir/last_checkpoint.pth``."""
+    model = build_model(settings)
+    model.train()
+    optimizer = build_optimizer(model, settings)
+    checkpoint = Path(work_dir) / CHECKPOINT_NAME
+    start, losses = 0, []
+    if resume and checkpoint.is_file():
+        start, losses = load_checkpoint(checkpoint, model, optimizer, settings)
+        logger.info(f"Resumed from {checkpoint} at step {start}.")
+    end = settings.steps if stop_after is None else min(settings.steps, stop_after)
+    tokenizer = open_clip.get_tokenizer(settings.model_name)
+    loss_fn = open_clip.ClipLoss()
+    bar = tqdm(total=end, initial=start, desc="pretrain tiny CLIP", disable=not progress, file=sys.stderr)
+    for step in range(start, end):
+        losses.append(training_step(model, optimizer, loss_fn, tokenizer, settings, step))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+        bar.update(1)
+        if (step + 1) % checkpoint_period == 0 or step + 1 == end:
+            save_checkpoint(checkpoint, model, optimizer, settings, step + 1, losses)
+    bar.close()
+    return model.eval(), losses
+
+
+def parse_args(argv):
+    defaults = Settings()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    for field in dataclasses.fields(Settings):
+        parser.add_argument("--" + field.name.replace("_", "-"), type=type(getattr(defaults, field.name)),
+                            default=getattr(defaults, field.name))
+    parser.add_argument("--output", default="", help="weight file (default dearli/weights/<model>.safetensors)")
+    parser.add_argument("--work-dir", default="output/pretrain_tiny_clip", help="checkpoints of this run")
+    parser.add_argument("--resume", action="store_true", help="continue from <work-dir>/last_checkpoint.pth")
+    parser.add_argument("--checkpoint-period", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = Settings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)})
+    output = Path(args.output or REPO_ROOT / "dearli" / "weights" / f"{settings.model_name}.safetensors")
+    started = time.time()
+    model, losses = pretrain(settings, args.work_dir, args.resume, args.checkpoint_period)
+    sha256 = save_weights_with_manifest(model.state_dict(), output, settings.model_name,
+                                        dict(dataclasses.asdict(settings), final_loss=round(losses[-1], 4)))
+    logger.info(json.dumps({"output": str(output), "sha256": sha256, "steps": len(losses),
+                            "first_loss": round(losses[0], 4), "final_loss": round(losses[-1], 4),
+                            "seconds_this_invocation": round(time.time() - started, 1),
+                            "torch_threads": torch.get_num_threads()}))
+    return output
+
+
+if __name__ == "__main__":
+    main()
