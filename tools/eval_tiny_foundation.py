@@ -40,8 +40,8 @@ def get_parser():
 
 
 def accuracy_table(result):
-    rows = [[group, result[group]["correct"], result[group]["total"], f"{100 * result[group]['accuracy']:.1f}"]
-            for group in GROUPS]
+    rows = [[group, result[group]["correct"], result[group]["total"],
+             f"{100 * result[group]['accuracy']:.1f}"] for group in GROUPS]
     return tabulate(rows, headers=["segments", "correct", "total", "accuracy %"], tablefmt="pipe")
 
 

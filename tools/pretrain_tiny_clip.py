@@ -2,9 +2,11 @@
 """Contrastive image-text pretraining of the tiny OpenCLIP model on captioned synthetic scenes.
 
 Both towers train from scratch with OpenCLIP's own tokenizer and ``ClipLoss`` on pairs from
-``dearli.data.shapes_captions`` (whole scenes with composed captions, and crops around single
-segments), drawn from a random stream disjoint from every ``dearli_shapes_*`` split. The result is an
-OpenCLIP state dict (safetensors, half precision) plus its manifest (settings, sha256) that loads
+``dearli.data.shapes_captions``, drawn from a random stream disjoint from every ``dearli_shapes_*``
+split: whole scenes with composed captions (the image side is CLIP's usual global pooling) and
+single segments with a caption naming them (the image side is the segment's mask pooling of the
+dense features through the same head: what the zero-shot branch of DEARLi does at test time).
+The result is an OpenCLIP state dict (safetensors, half precision) plus its manifest (settings, sha256) that loads
 through ``MODEL.OPEN_CLIP.PRETRAINED <file>``, exactly like real CLIP weights.
 
 Deterministic: the model is initialised from ``--seed`` and the pairs of step ``s`` depend only on
@@ -27,11 +29,13 @@ from pathlib import Path
 import numpy as np
 import open_clip
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
-from dearli.data.shapes_captions import pretraining_pairs
+from dearli.data.shapes_captions import pretraining_scenes
 from dearli.modeling.backbone import open_clip_backbone  # noqa: F401  (registers the tiny model configs)
 from dearli.modeling.backbone.weight_manifest import save_weights_with_manifest
+from dearli.modeling.clip_head import mask_pool
 from dearli.utils.atomic_io import atomic_write
 
 logger = logging.getLogger("dearli.pretrain_tiny_clip")
@@ -50,12 +54,10 @@ class Settings:
     """Everything the resulting weights depend on (stored in the manifest and the checkpoints)."""
     model_name: str = DEFAULT_MODEL
     seed: int = 0
-    steps: int = 600
-    scenes_per_step: int = 12  # whole-scene pairs per step
-    crops_per_scene: int = 4  # single-segment crop pairs per scene
+    steps: int = 1000
+    scenes_per_step: int = 6  # each gives one scene pair and one pair per segment
     image_size: int = 96  # rendered scene side (the dearli_shapes_* splits' size)
-    scene_input_size: int = 128  # scenes are resized to this side for the image tower
-    crop_input_size: int = 64
+    input_size: int = 288  # scenes are upscaled to this side, as tiny_dear_clip.yaml's test inputs
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup_steps: int = 50
@@ -84,23 +86,51 @@ def build_optimizer(model, settings):
                               {"params": free, "weight_decay": 0.0}], lr=settings.lr)
 
 
-def to_input(images_uint8):
-    """[N,h,w,3] uint8 -> normalised float [N,3,h,w]."""
+def to_input(images_uint8, size):
+    """[N,h,w,3] uint8 -> normalised float [N,3,size,size] (bilinear resize, as at test time)."""
     images = torch.from_numpy(np.ascontiguousarray(images_uint8)).permute(0, 3, 1, 2).float() / 255.0
+    images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
     return (images - PIXEL_MEAN) / PIXEL_STD
 
 
+def region_mask_logits(region_masks, size):
+    """Per-scene masks [R_i,h,w] -> mask logits [S,R_max,size,size] (+1 inside, -1 outside and for
+    padding rows), resized with nearest neighbours like ground-truth masks at test time."""
+    max_regions = max(len(masks) for masks in region_masks)
+    logits = -torch.ones(len(region_masks), max_regions, size, size)
+    for scene, masks in enumerate(region_masks):
+        resized = F.interpolate(torch.from_numpy(masks).float()[None], size=(size, size), mode="nearest")[0]
+        logits[scene, :len(masks)] = resized * 2 - 1
+    return logits
+
+
+def embed_scenes_and_regions(model, images, mask_logits):
+    """One image-tower pass: normalised embeddings of the whole scenes [S,D] (global pooling) and of
+    every region [S,R,D] (the zero-shot branch's mask pooling of the dense features, then the same
+    head), with a flag [S,R] telling regions whose mask survives the resize to the feature grid."""
+    trunk = model.visual.trunk
+    dense = trunk.forward_features(images)  # stem, stages, norm_pre: the backbone's clip_vis_dense
+    scenes = model.visual.head(trunk.head(dense))
+    pooled = mask_pool(dense, mask_logits)
+    num_scenes, num_regions, channels = pooled.shape
+    regions = model.visual.head(trunk.head(pooled.reshape(-1, channels, 1, 1)))
+    non_empty = mask_pool(torch.ones_like(dense[:, :1]), mask_logits)[..., 0] > 0.5
+    return (F.normalize(scenes, dim=-1), F.normalize(regions, dim=-1).reshape(num_scenes, num_regions, -1),
+            non_empty)
+
+
 def training_step(model, optimizer, loss_fn, tokenizer, settings, step):
-    """One contrastive step on the pairs of ``step``; returns the loss."""
-    scenes, scene_texts, crops, crop_texts = pretraining_pairs(
-        settings.seed, step, settings.scenes_per_step, settings.crops_per_scene,
-        (settings.image_size, settings.image_size), settings.scene_input_size, settings.crop_input_size)
+    """One contrastive step on the scenes of ``step`` (scene-caption and region-caption pairs)."""
+    images, scene_texts, region_masks, region_texts = pretraining_scenes(
+        settings.seed, step, settings.scenes_per_step, (settings.image_size, settings.image_size))
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(settings, step)
-    # Scenes and crops have different sizes: two image-tower passes, one batch for the loss.
-    image_features = torch.cat([model.encode_image(to_input(scenes), normalize=True),
-                                model.encode_image(to_input(crops), normalize=True)])
-    text_features = model.encode_text(tokenizer(scene_texts + crop_texts), normalize=True)
+    scenes, regions, non_empty = embed_scenes_and_regions(
+        model, to_input(images, settings.input_size), region_mask_logits(region_masks, settings.input_size))
+    kept_texts = [text for scene, texts in enumerate(region_texts) for region, text in enumerate(texts)
+                  if non_empty[scene, region]]
+    image_features = torch.cat([scenes, regions[non_empty]])
+    text_features = model.encode_text(tokenizer(scene_texts + kept_texts), normalize=True)
     loss = loss_fn(image_features, text_features, model.logit_scale.exp())
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -164,7 +194,8 @@ def parse_args(argv):
     for field in dataclasses.fields(Settings):
         parser.add_argument("--" + field.name.replace("_", "-"), type=type(getattr(defaults, field.name)),
                             default=getattr(defaults, field.name))
-    parser.add_argument("--output", default="", help="weight file (default dearli/weights/<model>.safetensors)")
+    parser.add_argument("--output", default="",
+                        help="weight file (default dearli/weights/<model>.safetensors)")
     parser.add_argument("--work-dir", default="output/pretrain_tiny_clip", help="checkpoints of this run")
     parser.add_argument("--resume", action="store_true", help="continue from <work-dir>/last_checkpoint.pth")
     parser.add_argument("--checkpoint-period", type=int, default=50)

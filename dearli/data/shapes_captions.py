@@ -3,13 +3,13 @@
 Scenes come from the shapes generator (``render_sample``) on a random stream of its own: image
 seeds are ``[seed, PRETRAIN_STREAM, step, index, GENERATOR_VERSION]``, five numbers where every
 ``dearli_shapes_*`` split uses four with a split index in ``SPLITS``, so no evaluation image is ever
-drawn here. Two kinds of image-text pairs are produced:
+drawn here. Each scene gives:
 
-- a whole scene with a caption composed from its segments: class names or synonyms, counts,
+- a caption of the whole scene composed from its segments: class names or synonyms, counts,
   colour and size words, "above"/"below" between things and between the two stuff regions;
-- a square crop around one segment (a thing, or a window inside a stuff region) with a caption
-  naming that segment; these teach region-level recognition, which the zero-shot branch needs
-  (it classifies mask-pooled dense features of single segments).
+- the mask of every segment with a caption naming it (a thing with its colour, size and the stuff
+  behind it, or a stuff region). The pretraining tool pairs these with the mask-pooled dense
+  features of the scene: region-level recognition is what the zero-shot branch needs.
 
 Every choice is drawn from a numpy Generator, so a (seed, step) pair always gives the same pairs.
 """
@@ -29,9 +29,6 @@ HUE_WORDS = ((8, "red"), (22, "orange"), (35, "yellow"), (80, "green"), (95, "cy
              (130, "blue"), (150, "purple"), (170, "pink"), (180, "red"))
 # Fraction of the image a thing covers -> size word (quantiles of the generator's radius range).
 SIZE_WORDS = ((0.03, "small"), (0.07, "medium"), (1.0, "large"))
-# A crop's side as a multiple of the thing's box side, and a stuff window's side in image pixels.
-THING_CROP_MARGIN = (1.2, 1.8)
-STUFF_WINDOW_FRACTION = (0.2, 0.45)
 # "A above B" is said only when the centres differ by this fraction of the image height.
 ABOVE_MIN_GAP = 0.15
 
@@ -44,7 +41,8 @@ STUFF_CAPTIONS = ("the {name}.", "a photo of the {name}.", "a patch of {name}.",
 
 def scene_rng(seed, step, index):
     """The Generator of pretraining scene ``index`` of ``step`` (disjoint from every split's)."""
-    return np.random.default_rng(np.random.SeedSequence([seed, PRETRAIN_STREAM, step, index, GENERATOR_VERSION]))
+    key = [seed, PRETRAIN_STREAM, step, index, GENERATOR_VERSION]
+    return np.random.default_rng(np.random.SeedSequence(key))
 
 
 def colour_word(pixels_rgb):
@@ -138,50 +136,26 @@ def scene_caption(rng, described, image_height):
     return f"{clauses[first]}, {clauses[second]}." if rng.random() < 0.5 else f"{clauses[first]}."
 
 
-def _square_window(rng, centre_yx, side, image_hw):
-    """(y0, y1, x0, x1) of a ``side``-pixel square near ``centre_yx``, shifted to lie in the image."""
-    side = int(min(max(side, 8), *image_hw))
-    jitter = rng.uniform(-0.1, 0.1, 2) * side
-    y0 = int(np.clip(round(centre_yx[0] + jitter[0] - side / 2), 0, image_hw[0] - side))
-    x0 = int(np.clip(round(centre_yx[1] + jitter[1] - side / 2), 0, image_hw[1] - side))
-    return y0, y0 + side, x0, x0 + side
-
-
-def segment_crop(rng, image, described, crop_size):
-    """A crop_size x crop_size RGB crop around one random described segment, and its caption."""
-    segment = described[int(rng.integers(len(described)))]
+def region_caption(rng, described, segment):
+    """A caption naming one described segment (a thing with colour/size/stuff words, or a stuff)."""
     name = _pick_name(rng, segment["category_id"])
-    if segment["category_id"] in THING_IDS:
-        ys, xs = np.nonzero(segment["mask"])
-        box_side = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
-        window = _square_window(rng, segment["centre"], box_side * rng.uniform(*THING_CROP_MARGIN), image.shape[:2])
-        template = THING_CAPTIONS[int(rng.integers(len(THING_CAPTIONS)))]
-        caption = template.format(name=name, size=size_word(segment["area"]), colour=segment["colour"],
-                                  stuff=_pick_name(rng, _stuff_under(described, segment)))
-    else:
-        ys, xs = np.nonzero(segment["mask"])
-        pick = int(rng.integers(len(ys)))
-        side = min(image.shape[:2]) * rng.uniform(*STUFF_WINDOW_FRACTION)
-        window = _square_window(rng, (ys[pick], xs[pick]), side, image.shape[:2])
-        caption = STUFF_CAPTIONS[int(rng.integers(len(STUFF_CAPTIONS)))].format(name=name)
-    y0, y1, x0, x1 = window
-    crop = cv2.resize(image[y0:y1, x0:x1], (crop_size, crop_size), interpolation=cv2.INTER_LINEAR)
-    return crop, caption
+    if segment["category_id"] not in THING_IDS:
+        return STUFF_CAPTIONS[int(rng.integers(len(STUFF_CAPTIONS)))].format(name=name)
+    template = THING_CAPTIONS[int(rng.integers(len(THING_CAPTIONS)))]
+    return template.format(name=name, size=size_word(segment["area"]), colour=segment["colour"],
+                           stuff=_pick_name(rng, _stuff_under(described, segment)))
 
 
-def pretraining_pairs(seed, step, num_scenes, crops_per_scene, image_hw, scene_size, crop_size):
-    """The image-text pairs of one pretraining step: (scene images [S,h,w,3] uint8 resized to
-    ``scene_size``, scene captions, crops [S*crops_per_scene, c, c, 3] uint8, crop captions)."""
-    scenes, scene_texts, crops, crop_texts = [], [], [], []
+def pretraining_scenes(seed, step, num_scenes, image_hw):
+    """The scenes of one pretraining step: images [S,h,w,3] uint8, one caption per scene, and per
+    scene the visible masks [R,h,w] (bool) of all its segments with one caption each."""
+    images, scene_texts, region_masks, region_texts = [], [], [], []
     for index in range(num_scenes):
         rng = scene_rng(seed, step, index)
         image, ids, segments = render_sample(rng, image_hw)
-        scenes.append(cv2.resize(image, (scene_size, scene_size), interpolation=cv2.INTER_LINEAR))
         described = _describe_segments(image, ids, segments)
+        images.append(image)
         scene_texts.append(scene_caption(rng, described, image_hw[0]))
-        for _ in range(crops_per_scene):
-            crop, caption = segment_crop(rng, image, described, crop_size)
-            crops.append(crop)
-            crop_texts.append(caption)
-    return np.stack(scenes), scene_texts, np.stack(crops), crop_texts
-
+        region_masks.append(np.stack([d["mask"] for d in described]))
+        region_texts.append([region_caption(rng, described, d) for d in described])
+    return np.stack(images), scene_texts, region_masks, region_texts

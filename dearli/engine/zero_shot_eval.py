@@ -43,7 +43,8 @@ def classify_segments(predictor, image_rgb, masks):
         mask_logits[0, index, :resized_mask.shape[0], :resized_mask.shape[1]][resized_mask] = 1.0
     features = model.backbone(images.tensor)
     classifier, num_synonyms = model.classifier()
-    logits = zero_shot_logits(model.backbone, features["clip_vis_dense"], mask_logits, classifier, num_synonyms)
+    logits = zero_shot_logits(model.backbone, features["clip_vis_dense"], mask_logits,
+                              classifier, num_synonyms)
     return logits[0, :, :-1].argmax(dim=-1).cpu().numpy()
 
 
@@ -59,7 +60,8 @@ def zero_shot_segment_accuracy(predictor, dataset_dicts):
         masks, classes, is_thing = ground_truth_segments(record)
         predicted = classify_segments(predictor, read_image(record["file_name"], format="RGB"), masks)
         np.add.at(confusion, (classes, predicted), 1)
-        for group, selected in (("things", is_thing), ("stuff", ~is_thing), ("overall", np.ones_like(is_thing))):
+        groups = (("things", is_thing), ("stuff", ~is_thing), ("overall", np.ones_like(is_thing)))
+        for group, selected in groups:
             correct[group] += int((predicted[selected] == classes[selected]).sum())
             total[group] += int(selected.sum())
     result = {group: {"correct": correct[group], "total": total[group],

@@ -2,6 +2,7 @@
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 from helpers.tools import load_tool
@@ -10,8 +11,7 @@ from dearli.modeling.backbone.open_clip_backbone import OpenCLIPBackbone
 from dearli.modeling.backbone.weight_manifest import file_sha256, manifest_path
 
 pretrain_tool = load_tool("pretrain_tiny_clip")
-FEW_STEPS = pretrain_tool.Settings(steps=4, scenes_per_step=2, crops_per_scene=2, warmup_steps=2,
-                                   scene_input_size=64, crop_input_size=32)
+FEW_STEPS = pretrain_tool.Settings(steps=4, scenes_per_step=2, warmup_steps=2, input_size=96)
 
 
 def _assert_same_weights(model_a, model_b):
@@ -56,16 +56,32 @@ def test_the_learning_rate_warms_up_then_decays_to_zero():
 
 def test_main_writes_weights_and_manifest_that_load_as_pretrained(tmp_path):
     output = tmp_path / "w" / "tiny.safetensors"
-    args = ["--steps", "2", "--scenes-per-step", "2", "--crops-per-scene", "1", "--warmup-steps", "1",
-            "--scene-input-size", "64", "--crop-input-size", "32", "--output", str(output),
+    args = ["--steps", "2", "--scenes-per-step", "1", "--warmup-steps", "1", "--input-size", "64",
+            "--output", str(output),
             "--work-dir", str(tmp_path / "work")]
     assert pretrain_tool.main(args) == output
     manifest = json.loads(manifest_path(output).read_text())
     assert manifest["sha256"] == file_sha256(output)
-    assert manifest["settings"]["steps"] == 2 and manifest["settings"]["crops_per_scene"] == 1
+    assert manifest["settings"]["steps"] == 2 and manifest["settings"]["scenes_per_step"] == 1
     trained = torch.load(tmp_path / "work" / "last_checkpoint.pth", weights_only=True)["model"]
     backbone = OpenCLIPBackbone(model_name=manifest["model_name"], pretrained=str(output))
     loaded = backbone.clip_model.state_dict()
     for name, tensor in trained.items():
         expected = tensor.half().float() if tensor.is_floating_point() else tensor
         assert torch.equal(loaded[name].float(), expected.float()), name
+
+
+def test_a_full_image_region_embeds_like_the_whole_scene():
+    model = pretrain_tool.build_model(FEW_STEPS).eval()
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 96, 96, 3), dtype=np.uint8)
+    images = pretrain_tool.to_input(pixels, 96)
+    masks = [np.ones((1, 96, 96), bool), np.stack([np.ones((96, 96), bool), np.zeros((96, 96), bool)])]
+    logits = pretrain_tool.region_mask_logits(masks, 96)
+    assert logits.shape == (2, 2, 96, 96) and bool((logits[0, 1] == -1).all())  # padding row
+    with torch.no_grad():
+        scenes, regions, non_empty = pretrain_tool.embed_scenes_and_regions(model, images, logits)
+        expected = model.encode_image(images, normalize=True)
+    assert non_empty.tolist() == [[True, False], [True, False]]
+    torch.testing.assert_close(scenes, expected)
+    # mask pooling over every cell is the global average pooling of CLIP's own image embedding
+    torch.testing.assert_close(regions[:, 0], expected, rtol=1e-4, atol=1e-5)
