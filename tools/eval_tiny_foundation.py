@@ -2,7 +2,7 @@
 """Measure what the tiny foundation models trained here know, on a labeled dataset.
 
     python tools/eval_tiny_foundation.py clip [--config-file configs/shapes/tiny_dear_clip.yaml]
-        [--dataset dearli_shapes_val] [--num-images N] [--json out.json] [KEY VALUE ...]
+        [--dataset dearli_shapes_val] [--num-images N] [--json out.json] [--threads N] [KEY VALUE ...]
 
 ``clip``: zero-shot classification of every ground-truth segment through the model's own zero-shot
 branch (dense CLIP features, mask pooling, CLIP image head, text classifier with synonyms and
@@ -18,24 +18,25 @@ from detectron2.data import DatasetCatalog
 from tabulate import tabulate
 
 import dearli  # noqa: F401
+from dearli.cli import add_tool_arguments, parse_tool_args
 from dearli.config import load_config
-from dearli.data import shapes  # noqa: F401  (registers dearli_shapes_*)
+from dearli.data.datasets import shapes  # noqa: F401  (registers dearli_shapes_*)
 from dearli.engine.predictor import DEARLiPredictor
 from dearli.engine.zero_shot_eval import GROUPS, zero_shot_segment_accuracy
 from dearli.utils.atomic_io import atomic_write_json
+from dearli.utils.threads import setup_threads
 
 DEFAULT_CLIP_CONFIG = "configs/shapes/tiny_dear_clip.yaml"
 
 
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    sub = parser.add_subparsers(dest="model", required=True)
-    clip = sub.add_parser("clip", help="zero-shot segment classification accuracy")
-    clip.add_argument("--config-file", default=DEFAULT_CLIP_CONFIG)
-    clip.add_argument("--dataset", default="", help="labeled panoptic dataset (default: DATASETS.TEST[0])")
-    clip.add_argument("--num-images", type=int, default=0, help="first N images only (0: all)")
-    clip.add_argument("--json", default="", help="also write the result to this file")
-    clip.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    parser.add_argument("model", choices=["clip"], help="clip: zero-shot segment classification accuracy")
+    parser.add_argument("--config-file", default=DEFAULT_CLIP_CONFIG, help=f"default {DEFAULT_CLIP_CONFIG}")
+    parser.add_argument("--dataset", default="", help="labeled panoptic dataset (default: DATASETS.TEST[0])")
+    parser.add_argument("--num-images", type=int, default=0, help="first N images only (0: all)")
+    parser.add_argument("--json", default="", help="also write the result to this file")
+    add_tool_arguments(parser)
     return parser
 
 
@@ -60,7 +61,8 @@ def evaluate_clip(args):
 
 def main(argv=None):
     logging.basicConfig(level=logging.WARNING)
-    args = get_parser().parse_args(argv)
+    args = parse_tool_args(get_parser(), argv)
+    setup_threads(args.threads)
     result = evaluate_clip(args)
     print(f"Zero-shot segment classification on {result['dataset']} ({result['num_images']} images, "
           f"CLIP {result['clip_model']} from {result['clip_weights'] or 'random weights'}):")

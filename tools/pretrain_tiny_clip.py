@@ -32,11 +32,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from dearli.cli import add_tool_arguments, parse_tool_args
 from dearli.data.shapes_captions import pretraining_scenes
 from dearli.modeling.backbone import open_clip_backbone  # noqa: F401  (registers the tiny model configs)
 from dearli.modeling.backbone.weight_manifest import save_weights_with_manifest
-from dearli.modeling.clip_head import mask_pool
+from dearli.modeling.text_classifier import mask_pool
 from dearli.utils.atomic_io import atomic_write
+from dearli.utils.threads import setup_threads
 
 logger = logging.getLogger("dearli.pretrain_tiny_clip")
 
@@ -188,26 +190,25 @@ def pretrain(settings, work_dir, resume=False, checkpoint_period=50, stop_after=
     return model.eval(), losses
 
 
-def parse_args(argv):
+def get_parser():
     defaults = Settings()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     for field in dataclasses.fields(Settings):
         parser.add_argument("--" + field.name.replace("_", "-"), type=type(getattr(defaults, field.name)),
-                            default=getattr(defaults, field.name))
+                            default=getattr(defaults, field.name), help=f"default {getattr(defaults, field.name)}")
     parser.add_argument("--output", default="",
                         help="weight file (default dearli/weights/<model>.safetensors)")
     parser.add_argument("--work-dir", default="output/pretrain_tiny_clip", help="checkpoints of this run")
     parser.add_argument("--resume", action="store_true", help="continue from <work-dir>/last_checkpoint.pth")
-    parser.add_argument("--checkpoint-period", type=int, default=50)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    return parser.parse_args(argv)
+    parser.add_argument("--checkpoint-period", type=int, default=50, help="steps between checkpoints")
+    add_tool_arguments(parser, overrides=False)
+    return parser
 
 
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_tool_args(get_parser(), argv)
+    setup_threads(args.threads)
     settings = Settings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)})
     output = Path(args.output or REPO_ROOT / "dearli" / "weights" / f"{settings.model_name}.safetensors")
     started = time.time()

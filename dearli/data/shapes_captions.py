@@ -16,7 +16,7 @@ Every choice is drawn from a numpy Generator, so a (seed, step) pair always give
 import cv2
 import numpy as np
 
-from .shapes import GENERATOR_VERSION, STUFF_CLASSES, THING_CLASSES, render_sample
+from .datasets.shapes import GENERATOR_VERSION, STUFF_CLASSES, THING_CLASSES, render_sample
 
 # Random stream of the pretraining scenes (any value outside SPLITS.values() is disjoint).
 PRETRAIN_STREAM = 7

@@ -4,7 +4,7 @@ This measures what the CLIP model knows, isolated from the mask decoder: each gr
 of an image becomes a mask, and the production functions classify it: dense CLIP features of the
 predictor's resized input (``backbone(...)["clip_vis_dense"]``), binarised mask pooling, the CLIP
 image head, cosine against the model's text classifier (synonyms x prompt templates, max over
-synonyms) with CLIP's temperature (``clip_head.zero_shot_logits``). The predicted class is the
+synonyms) with CLIP's temperature (``text_classifier.zero_shot_logits``). The predicted class is the
 arg-max over the real classes (void excluded). ``predictor.set_classes`` changes the classifier
 used here exactly as it changes the predictor's outputs.
 """
@@ -13,7 +13,7 @@ import torch
 from detectron2.data.detection_utils import read_image
 from panopticapi.utils import rgb2id
 
-from ..modeling.clip_head import zero_shot_logits
+from ..modeling.text_classifier import zero_shot_logits
 
 GROUPS = ("things", "stuff", "overall")
 

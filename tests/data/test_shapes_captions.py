@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog
 
-from dearli.data import shapes
+from dearli.data.datasets import shapes
 from dearli.data.shapes_captions import (PRETRAIN_STREAM, SYNONYMS, THING_IDS, colour_word, plural,
                                          pretraining_scenes, scene_rng)
 
