@@ -35,14 +35,13 @@ from tqdm import tqdm
 from dearli.cli import add_tool_arguments, parse_tool_args
 from dearli.data.shapes_captions import pretraining_scenes
 from dearli.modeling.backbone import open_clip_backbone  # noqa: F401  (registers the tiny model configs)
-from dearli.modeling.backbone.weight_manifest import save_weights_with_manifest
+from dearli.modeling.backbone.weight_manifest import WEIGHTS_DIR, save_weights_with_manifest
 from dearli.modeling.text_classifier import mask_pool
 from dearli.utils.atomic_io import atomic_write
 from dearli.utils.threads import setup_threads
 
 logger = logging.getLogger("dearli.pretrain_tiny_clip")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = "dearli_convnext_tiny_shapes"
 CHECKPOINT_NAME = "last_checkpoint.pth"
 # CLIP's input normalisation on 0..1 pixels (the dearli configs' PIXEL_MEAN/STD divided by 255).
@@ -210,7 +209,7 @@ def main(argv=None):
     args = parse_tool_args(get_parser(), argv)
     setup_threads(args.threads)
     settings = Settings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)})
-    output = Path(args.output or REPO_ROOT / "dearli" / "weights" / f"{settings.model_name}.safetensors")
+    output = Path(args.output or WEIGHTS_DIR / f"{settings.model_name}.safetensors")
     started = time.time()
     model, losses = pretrain(settings, args.work_dir, args.resume, args.checkpoint_period)
     sha256 = save_weights_with_manifest(model.state_dict(), output, settings.model_name,

@@ -1,6 +1,6 @@
 """configs/shapes/tiny_dear_clip.yaml: the tiny semi-supervised run on the CLIP pretrained here."""
 import torch
-from engine_setup import train
+from helpers.engine_setup import train
 from helpers.tiny import tiny_cfg
 from safetensors.torch import load_file
 
@@ -14,7 +14,7 @@ def test_trains_with_the_pretrained_clip_and_the_text_classifier(tmp_path):
     manifest = verify_weights_file(cfg.MODEL.OPEN_CLIP.PRETRAINED, cfg.MODEL.OPEN_CLIP.MODEL_NAME)
     assert manifest is not None
     trainer = train(cfg)
-    assert trainer.iter == 1  # detectron2's last finished iteration (0-based) of MAX_ITER 2
+    assert trainer.iter == 2  # TrainerBase.train leaves iter at max_iter after the loop
     model = trainer.model
     # the frozen CLIP holds exactly the committed weights, before and after training
     stored = load_file(cfg.MODEL.OPEN_CLIP.PRETRAINED)

@@ -57,6 +57,16 @@ def test_renaming_classes_to_synonyms_keeps_the_predictions(val_records):
     assert np.mean(before == after) >= 0.9, (before, after)
 
 
+def test_renaming_classes_to_synonyms_keeps_the_predictor_output(val_records):
+    predictor = _predictor()
+    images = [read_image(r["file_name"], format="RGB") for r in val_records[:4]]
+    before = [predictor(image)["sem_seg"].argmax(0) for image in images]
+    predictor.set_classes(RENAMED, stuff=["sky", "brick wall", "dirt", "sea"])
+    after = [predictor(image)["sem_seg"].argmax(0) for image in images]
+    agreement = np.mean([(b == a).float().mean().item() for b, a in zip(before, after)])
+    assert agreement >= 0.99  # the decoder is random here; its class side is the text classifier
+
+
 def test_the_tool_reports_every_ground_truth_segment(tmp_path, val_records):
     out = tmp_path / "clip.json"
     load_tool("eval_tiny_foundation").main(["clip", "--num-images", "2", "--json", str(out)])

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from dearli.modeling.backbone.open_clip_backbone import OpenCLIPBackbone
-from dearli.modeling.backbone.weight_manifest import (file_sha256, manifest_path,
+from dearli.modeling.backbone.weight_manifest import (WEIGHTS_DIR, file_sha256, manifest_path,
                                                       save_weights_with_manifest, verify_weights_file)
 
 MODEL = "dearli_convnext_tiny_shapes"
@@ -98,8 +98,7 @@ def test_weights_of_another_architecture_name_the_file_and_the_mismatching_keys(
 
 
 def test_the_committed_weights_match_their_manifest():
-    from dearli.modeling.backbone.open_clip_backbone import MODEL_CONFIG_DIR
-    weights = MODEL_CONFIG_DIR.parents[1] / "weights" / f"{MODEL}.safetensors"
+    weights = WEIGHTS_DIR / f"{MODEL}.safetensors"
     manifest = verify_weights_file(weights, MODEL)
     assert manifest is not None and manifest["sha256"] == file_sha256(weights)
     assert weights.stat().st_size <= 5 * 1024 * 1024

@@ -17,6 +17,8 @@ from safetensors.torch import save as safetensors_bytes
 from dearli.utils.atomic_io import atomic_write, atomic_write_json
 
 MANIFEST_FORMAT = 1
+# The weight files trained by this project (tools/pretrain_tiny_clip.py), shipped with the package.
+WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
 _HASH_CHUNK_BYTES = 1 << 20
 
 
