@@ -9,8 +9,9 @@ import torch
 from safetensors.torch import save_file
 
 from dearli.modeling.backbone.open_clip_backbone import OpenCLIPBackbone
-from dearli.modeling.backbone.weight_manifest import (WEIGHTS_DIR, file_sha256, manifest_path,
-                                                      save_weights_with_manifest, verify_weights_file)
+from dearli.modeling.backbone.weight_manifest import (WEIGHTS_DIR, manifest_path, save_weights_with_manifest,
+                                                      verify_weights_file)
+from dearli.utils.hashing import file_sha256
 
 MODEL = "dearli_convnext_tiny_shapes"
 OTHER_MODEL = "dearli_convnext_tiny_test"

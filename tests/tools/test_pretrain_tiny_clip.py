@@ -8,7 +8,8 @@ import torch
 from helpers.tools import load_tool
 
 from dearli.modeling.backbone.open_clip_backbone import OpenCLIPBackbone
-from dearli.modeling.backbone.weight_manifest import file_sha256, manifest_path
+from dearli.modeling.backbone.weight_manifest import manifest_path
+from dearli.utils.hashing import file_sha256
 
 pretrain_tool = load_tool("pretrain_tiny_clip")
 FEW_STEPS = pretrain_tool.Settings(steps=4, scenes_per_step=2, warmup_steps=2, input_size=96)

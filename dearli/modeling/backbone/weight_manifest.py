@@ -15,23 +15,15 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from dearli.utils.atomic_io import atomic_write, atomic_write_json
+from dearli.utils.hashing import file_sha256
 
 MANIFEST_FORMAT = 1
 # The weight files trained by this project (tools/pretrain_tiny_clip.py), shipped with the package.
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
-_HASH_CHUNK_BYTES = 1 << 20
 
 
 def manifest_path(weights_file):
     return Path(weights_file).with_suffix(".json")
-
-
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_HASH_CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save_weights_with_manifest(state_dict, weights_file, model_name, settings, dtype=torch.float16):
