@@ -10,9 +10,8 @@ used here exactly as it changes the predictor's outputs.
 """
 import numpy as np
 import torch
-from detectron2.data.detection_utils import read_image
-from panopticapi.utils import rgb2id
 
+from ..data.datasets.validate import read_panoptic_ids, read_rgb_image
 from ..modeling.text_classifier import zero_shot_logits
 
 GROUPS = ("things", "stuff", "overall")
@@ -20,8 +19,8 @@ GROUPS = ("things", "stuff", "overall")
 
 def ground_truth_segments(dataset_dict):
     """(masks [N,H,W] bool, contiguous class ids [N], is-thing flags [N]) of a panoptic record."""
-    ids = rgb2id(read_image(dataset_dict["pan_seg_file_name"], format="RGB"))
     infos = dataset_dict["segments_info"]
+    ids = read_panoptic_ids(dataset_dict["pan_seg_file_name"], infos)
     masks = np.stack([ids == info["id"] for info in infos])
     classes = np.array([info["category_id"] for info in infos], dtype=np.int64)
     is_thing = np.array([bool(info["isthing"]) for info in infos])
@@ -58,7 +57,7 @@ def zero_shot_segment_accuracy(predictor, dataset_dicts):
     total = dict.fromkeys(GROUPS, 0)
     for record in dataset_dicts:
         masks, classes, is_thing = ground_truth_segments(record)
-        predicted = classify_segments(predictor, read_image(record["file_name"], format="RGB"), masks)
+        predicted = classify_segments(predictor, read_rgb_image(record["file_name"]), masks)
         np.add.at(confusion, (classes, predicted), 1)
         groups = (("things", is_thing), ("stuff", ~is_thing), ("overall", np.ones_like(is_thing)))
         for group, selected in groups:

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog
-from detectron2.data.detection_utils import read_image
 from helpers.tiny import tiny_cfg
 from helpers.tools import load_tool
 
+from dearli.data.datasets.validate import read_rgb_image
 from dearli.engine.predictor import DEARLiPredictor
 from dearli.engine.zero_shot_eval import classify_segments, ground_truth_segments, zero_shot_segment_accuracy
 
@@ -48,7 +48,7 @@ def test_a_random_clip_stays_below_the_floor(val_records):
 
 def test_renaming_classes_to_synonyms_keeps_the_predictions(val_records):
     predictor = _predictor()
-    images = [(read_image(r["file_name"], format="RGB"), ground_truth_segments(r)[0]) for r in val_records]
+    images = [(read_rgb_image(r["file_name"]), ground_truth_segments(r)[0]) for r in val_records]
     before = [classify_segments(predictor, image, masks) for image, masks in images]
     metadata = predictor.set_classes(RENAMED, stuff=["sky", "brick wall", "dirt", "sea"])
     after = [classify_segments(predictor, image, masks) for image, masks in images]
@@ -59,7 +59,7 @@ def test_renaming_classes_to_synonyms_keeps_the_predictions(val_records):
 
 def test_renaming_classes_to_synonyms_keeps_the_predictor_output(val_records):
     predictor = _predictor()
-    images = [read_image(r["file_name"], format="RGB") for r in val_records[:4]]
+    images = [read_rgb_image(r["file_name"]) for r in val_records[:4]]
     before = [predictor(image)["sem_seg"].argmax(0) for image in images]
     predictor.set_classes(RENAMED, stuff=["sky", "brick wall", "dirt", "sea"])
     after = [predictor(image)["sem_seg"].argmax(0) for image in images]
