@@ -24,6 +24,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
 from detectron2.utils import comm
 
 from ...utils.hashing import file_sha256
+from .weight_manifest import verify_weights_file
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +111,10 @@ def report_random_clip(model_name):
 
 def build_clip_model(model_name, weights_file=None):
     """The OpenCLIP model, random or with the weights of a local file (loaded strictly by open_clip:
-    safetensors, or torch.load with weights_only=True)."""
+    safetensors, or torch.load with weights_only=True). A file with a manifest (weights trained by
+    this project, see weight_manifest.py) is checked against it first."""
+    if weights_file is not None:
+        verify_weights_file(weights_file, model_name)
     quiet = _DropRandomWeightsWarning()
     logging.getLogger().addFilter(quiet)
     try:
@@ -120,7 +124,7 @@ def build_clip_model(model_name, weights_file=None):
             raise
         raise RuntimeError(
             f"MODEL.OPEN_CLIP.PRETRAINED: could not load {weights_file!r} into OpenCLIP model "
-            f"{model_name}: {e}"
+            f"{model_name}: {e}{describe_key_mismatch(model_name, weights_file)}"
         ) from e
     finally:
         logging.getLogger().removeFilter(quiet)
@@ -129,6 +133,26 @@ def build_clip_model(model_name, weights_file=None):
     else:
         report_random_clip(model_name)
     return clip_model
+
+
+def describe_key_mismatch(model_name, weights_file, max_listed=6):
+    """"; missing keys ...; unexpected keys ...; shape mismatches ..." between the state dict in
+    ``weights_file`` and a fresh ``model_name`` model, or "" when the keys and shapes agree or the
+    file cannot be read (open_clip's own error then says why). Called only after a failed load."""
+    try:
+        stored = open_clip.factory.load_state_dict(weights_file)
+    except Exception:
+        return ""
+    expected = {k: tuple(v.shape) for k, v in open_clip.create_model(model_name).state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in stored.items()}
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    reshaped = [f"{k}: file {found[k]} vs model {expected[k]}"
+                for k in sorted(set(found) & set(expected)) if found[k] != expected[k]]
+    parts = [f"{title} ({len(keys)}): {keys[:max_listed]}{' ...' if len(keys) > max_listed else ''}"
+             for title, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                 ("shape mismatches", reshaped)) if keys]
+    return "".join("; " + part for part in parts)
 
 
 def _drop_frozen_clip_entries(module, state_dict, prefix, local_metadata):
