@@ -300,6 +300,11 @@ def _add_ssl_config(cfg):
     # Number of pseudo-label / CutMix images written to TensorBoard per logging period.
     cfg.SSL.VIS_IMAGES = 2
     cfg.SSL.VIS_PERIOD = 500
+    # Pseudo-label quality at every evaluation: the teacher's pseudo-labels of this many images of
+    # DATASETS.TRAIN_UNLABELED[0] (fixed weak-view crops) scored against their withheld ground
+    # truth, logged as pseudo_quality/* (engine/pseudo_label_quality.py). 0 = off; needs an
+    # unlabeled split whose metadata names its source's panoptic json (shapes, CamVid, COCO, ADE20K).
+    cfg.SSL.PSEUDO_QUALITY_IMAGES = 0
 
 
 def _add_solver_config(cfg):

@@ -20,7 +20,8 @@ Presets (options given on the command line win over them):
   demo       `make demo`: shapes, seed 1, 1500 + 800 iterations, and pictures in visuals/.
 Training recipe of both (override with trailing KEY VALUE pairs, as for train_net.py): batch 4
 labeled (+4 unlabeled), AdamW LR 1e-3 (the paper's 1e-4 is for a pretrained CLIP), teacher EMA
-decay 0.99 (short runs); `MODEL.DEVICE cuda` runs it on a GPU. Model: the tiny config (a random tiny CLIP with a fixed orthogonal class
+decay 0.99 (short runs), pseudo-label quality on 16 unlabeled images at every evaluation
+(SSL.PSEUDO_QUALITY_IMAGES; each stage's quality_curves.png plots it with val PQ / mIoU); `MODEL.DEVICE cuda` runs it on a GPU. Model: the tiny config (a random tiny CLIP with a fixed orthogonal class
 embedding), so this measures the semi-supervised machinery, not CLIP recognition.
 
 Resumable: rerun the same command after an interruption; finished stages are read back, an
@@ -46,6 +47,7 @@ from dearli.data.datasets.semantic import camvid_root, dataset_cache_root
 from dearli.data.datasets.shapes import shapes_cache_root
 from dearli.engine import protocol
 from dearli.engine.protocol_visuals import save_pseudo_label_panels, save_stage_predictions
+from dearli.engine.quality_curves import plot_quality_curves
 from dearli.utils.atomic_io import atomic_write, atomic_write_json
 from dearli.utils.output_dir import OutputDirError, claim_output_dir
 from dearli.utils.threads import setup_threads
@@ -56,7 +58,9 @@ DATASET_CONFIGS = {
     "shapes": os.path.join(REPO, "configs", "shapes", "tiny_dearli.yaml"),
     "camvid": os.path.join(REPO, "configs", "camvid", "tiny_dearli.yaml"),
 }
-RECIPE = ["SOLVER.IMS_PER_BATCH", "4", "SOLVER.BASE_LR", "0.001", "MODEL.TEACHER.EMA_DECAY", "0.99"]
+RECIPE = ["SOLVER.IMS_PER_BATCH", "4", "SOLVER.BASE_LR", "0.001", "MODEL.TEACHER.EMA_DECAY", "0.99",
+          "SSL.PSEUDO_QUALITY_IMAGES", "16"]
+QUALITY_CURVES_FILE = "quality_curves.png"  # per stage: val and pseudo-label quality over iterations
 PRESETS = {
     "benchmark": {"datasets": ["shapes", "camvid"], "seeds": [1, 2, 3], "burn_in_iters": 2000,
                   "branch_iters": 4000, "evals_per_stage": 4, "visuals": 0,
@@ -184,6 +188,8 @@ def run_seed(args, config_of, dataset, seed, number, total):
         result = protocol.run_stage(cfg, description, fresh=args.overwrite)
         seconds = "already finished" if was_finished else f"{result['seconds_of_last_run']:.0f} s"
         print(f"{description}: {seconds}; student PQ {result['metrics']['panoptic_seg']['PQ']:.1f}", flush=True)
+        plot_quality_curves(os.path.join(cfg.OUTPUT_DIR, "metrics.json"), os.path.join(cfg.OUTPUT_DIR, QUALITY_CURVES_FILE),
+                            f"{dataset}, seed {seed}: {protocol.STAGE_TITLES[stage]}")
         number += 1
     if args.visuals:
         visuals = os.path.join(args.output_dir, dataset, f"seed{seed}", "visuals")

@@ -13,9 +13,9 @@ Per dataset and seed:
 Each stage lives in ``<root>/<dataset>/seed<N>/<stage>/`` with its complete ``config.yaml``
 (so ``tools/train_net.py --eval-only --config-file <stage>/config.yaml MODEL.WEIGHTS
 <stage>/model_final.pth`` reproduces its numbers), its checkpoints, metrics.json, TensorBoard
-events, and ``result.json`` once finished. A stage counts as finished only when its result.json
-was written for the same config (a digest of config.yaml): a changed setting retrains it, an
-interrupted stage resumes from its last checkpoint.
+events, ``result.json`` once finished, and the tool's ``quality_curves.png``. A stage counts as
+finished only when its result.json was written for the same config (a digest of config.yaml): a
+changed setting retrains it, an interrupted stage resumes from its last checkpoint.
 """
 import hashlib
 import json
@@ -40,8 +40,10 @@ DIFFERENCE = "difference"  # semi_supervised - supervised_only, paired by seed
 METRICS = ("PQ", "SQ", "RQ", "mIoU")
 MODELS = ("student", "teacher")
 RESULT_FILE = "result.json"
-# Supervised stages: no pseudo-labels and no unlabeled images loaded.
-_SUPERVISED = {"SSL.ENABLED": False, "DATASETS.TRAIN_UNLABELED": []}
+# Supervised stages: no pseudo-labels, so no unlabeled images loaded (the loader reads
+# DATASETS.TRAIN_UNLABELED only with SSL.ENABLED); it stays set, so that SSL.PSEUDO_QUALITY_IMAGES
+# scores every stage's teacher on the same unlabeled images.
+_SUPERVISED = {"SSL.ENABLED": False}
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from . import optim
 from .hooks import PeakMemory, PseudoLabelTelemetry
 from .launch import create_ddp_model
 from .precision import build_precision
+from .pseudo_label_quality import PseudoLabelQuality
 from .state import GlobalRNGState, TrainingCheckpointer, reseed_global_rngs, seed_model_init
 from .teacher import MeanTeacher
 
@@ -231,6 +232,8 @@ class DEARLiTrainer(DefaultTrainer):
         if comm.is_main_process():
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
         ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, self.evaluate_student_and_teacher))
+        if cfg.SSL.PSEUDO_QUALITY_IMAGES > 0 and comm.is_main_process():  # after EvalHook, before the writer
+            ret.append(PseudoLabelQuality(cfg, self.teacher))
         if comm.is_main_process():
             ret.append(hooks.PeriodicWriter(self.build_writers(), period=20))
         return ret

@@ -58,12 +58,17 @@ def test_each_stage_writes_its_config_results_and_pictures(reference):
     seed_dir = output / "shapes" / "seed1"
     for stage in STAGES:
         files = {p.name for p in (seed_dir / stage).iterdir()}
-        assert {"config.yaml", "result.json", "metrics.json", "model_final.pth", "last_checkpoint"} <= files
+        assert {"config.yaml", "result.json", "metrics.json", "model_final.pth", "last_checkpoint",
+                "quality_curves.png"} <= files
         assert any(name.startswith("events.out.tfevents") for name in files)
+        # Every stage's teacher is scored on the unlabeled images (all 4: fewer than the 16 asked).
+        metrics = [json.loads(line) for line in (seed_dir / stage / "metrics.json").read_text().splitlines()]
+        assert [r["iteration"] for r in metrics if "pseudo_quality/PQ" in r] == [4]
     assert sorted(p.name for p in (seed_dir / "visuals").iterdir()) == [
         "burn_in_val0.png", "pseudo_labels_0.png", "semi_supervised_val0.png", "supervised_only_val0.png"]
     burn_in, branch = (load_config(str(seed_dir / s / "config.yaml")) for s in ("burn_in", "semi_supervised"))
-    assert (burn_in.SOLVER.MAX_ITER, burn_in.SSL.ENABLED, burn_in.DATASETS.TRAIN_UNLABELED) == (4, False, ())
+    assert (burn_in.SOLVER.MAX_ITER, burn_in.SSL.ENABLED, burn_in.SSL.PSEUDO_QUALITY_IMAGES) == (4, False, 16)
+    assert burn_in.DATASETS.TRAIN_UNLABELED == (f"{PREFIX}_train_unlabeled",)  # read only by the quality hook
     assert (branch.SOLVER.MAX_ITER, branch.SSL.ENABLED, branch.SEED) == (4, True, 1)
     start = str(seed_dir / "burn_in" / "model_final.pth")
     assert branch.MODEL.WEIGHTS == branch.MODEL.TEACHER.WEIGHTS == start

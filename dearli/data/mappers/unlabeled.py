@@ -33,7 +33,8 @@ from .augmentation import (
     sample_strong_color,
     valid_mask,
 )
-from .panoptic_targets import read_training_image
+from ..datasets.splits import image_only
+from .panoptic_targets import panoptic_ids, panoptic_instances, read_panoptic_rgb, read_training_image
 
 
 class UnlabeledWeakStrongMapper:
@@ -90,14 +91,32 @@ class UnlabeledWeakStrongMapper:
     def views(self, dataset_dict, rng):
         """(weak, strong) uint8 [3, h, w] views of one image, unpadded, with shared geometry, and the
         image's original (height, width)."""
+        return self._views_and_geometry(dataset_dict, rng)[:3]
+
+    def _views_and_geometry(self, dataset_dict, rng):
         image = read_training_image(copy.copy(dataset_dict))
         transforms = sample_geometry(image.shape[0], image.shape[1], self.geometry, rng)
         weak = hwc_to_chw_tensor(transforms.apply_image(image))
         strong = apply_strong_color(weak, sample_strong_color(self.strong, rng))
-        return weak, strong, image.shape[:2]
+        return weak, strong, image.shape[:2], transforms
 
     def __call__(self, dataset_dict, rng: np.random.Generator, draw_partner: Optional[Callable] = None):
-        weak, strong, (height, width) = self.views(dataset_dict, rng)
+        return self._sample(dataset_dict, rng, draw_partner)[0]
+
+    def with_ground_truth(self, dataset_dict, rng: np.random.Generator):
+        """Evaluation only: the sample ``mapper(image_only(dataset_dict), rng)`` gives (no CutMix),
+        plus ``gt_instances``: the dict's withheld panoptic ground truth (``pan_seg_file_name``,
+        ``segments_info``) under the weak view's geometry, on the same padded canvas."""
+        sample, transforms = self._sample(image_only(dataset_dict), rng, None)
+        pan_rgb = read_panoptic_rgb(dataset_dict, (sample["height"], sample["width"], 3))
+        pan_ids = panoptic_ids(transforms.apply_segmentation(pan_rgb))
+        sample["gt_instances"] = panoptic_instances(pan_ids, dataset_dict["segments_info"],
+                                                    tuple(sample["valid_mask"].shape))
+        return sample
+
+    def _sample(self, dataset_dict, rng, draw_partner):
+        """The sample of ``__call__`` and the main image's geometric transforms."""
+        weak, strong, (height, width), transforms = self._views_and_geometry(dataset_dict, rng)
         partner = None
         if draw_partner is not None and rng.random() < self.cutmix_prob:
             partner_dict = draw_partner(rng)
@@ -118,7 +137,7 @@ class UnlabeledWeakStrongMapper:
         }
         if partner is not None:
             sample["cutmix"] = self._cutmix_entry(partner, canvas_hw, rng)
-        return sample
+        return sample, transforms
 
     def _padded_views(self, weak, strong, canvas_hw):
         return {
