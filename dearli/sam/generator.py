@@ -1,9 +1,10 @@
 """SAM automatic masks as class-agnostic pseudo-labels: a thin layer over segment_anything.
 
 - ``build_sam(model_type, checkpoint)``: a ``segment_anything`` model (``vit_b``/``vit_l``/
-  ``vit_h``) or the tiny test model (``dearli_tiny``), with a checkpoint loaded safely
-  (``weights_only``) and checked against the model type *before* the big model is built: a
-  checkpoint of another type fails with an error that names the file and the type it fits.
+  ``vit_h``) or the tiny model trained here (``dearli_tiny``), with a checkpoint loaded safely
+  (``weights_only`` or safetensors, sha256-checked when it has a manifest: ``dearli.sam.weights``)
+  and checked against the model type *before* the big model is built: a checkpoint of another
+  type fails with an error that names the file, the mismatching keys and the type it fits.
 - ``GeneratorSettings``: the AMG parameters the paper sets (32 points per side, predicted-IoU
   0.88, stability 0.95; everything else at SAM's defaults, as in the reference) plus
   ``points_per_batch`` (memory only: it does not change the masks).
@@ -18,7 +19,6 @@ model's device, as in segment_anything; only run lengths go to the host.
 """
 import logging
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from dearli.data.sam_format import settings_dirname
 from dearli.utils.hashing import file_sha256  # noqa: F401  (re-exported for tools)
 
 from .tiny import TINY_MODEL_TYPE, build_tiny_sam
+from .weights import SamCheckpointError, file_sha256, load_sam_state_dict  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +47,6 @@ SAM_BUILDERS = {
     "vit_h": sam_model_registry["vit_h"],
     TINY_MODEL_TYPE: build_tiny_sam,
 }
-
-
-class SamCheckpointError(ValueError):
-    """A SAM checkpoint cannot be read or does not fit the requested model type."""
 
 
 @dataclass(frozen=True)
@@ -115,20 +112,6 @@ def _mismatches(expected, state_dict):
     return problems
 
 
-def load_sam_state_dict(checkpoint):
-    """The tensors of a SAM checkpoint (a plain state dict, as Meta releases them)."""
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise SamCheckpointError(f"SAM checkpoint {path} does not exist")
-    try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle, zip and safety errors all mean "not a readable checkpoint"
-        raise SamCheckpointError(f"cannot read SAM checkpoint {path}: {e}") from e
-    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise SamCheckpointError(f"{path} is not a SAM state dict (expected a dict of tensors)")
-    return state_dict
-
-
 def check_checkpoint_fits(model_type, state_dict, checkpoint):
     """Raise ``SamCheckpointError`` if ``state_dict`` does not fit ``model_type`` (names the type it fits)."""
     problems = _mismatches(_expected_shapes(model_type), state_dict)
@@ -148,7 +131,7 @@ def build_sam(model_type, checkpoint=None, device="cpu"):
     """
     state_dict = None
     if checkpoint:
-        state_dict = load_sam_state_dict(checkpoint)
+        state_dict = load_sam_state_dict(checkpoint, model_type)
         check_checkpoint_fits(model_type, state_dict, checkpoint)
     model = _builder(model_type)()
     if state_dict is not None:
