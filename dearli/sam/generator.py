@@ -36,7 +36,7 @@ from dearli.data.sam_format import settings_dirname
 from dearli.utils.hashing import file_sha256  # noqa: F401  (re-exported for tools)
 
 from .tiny import TINY_MODEL_TYPE, build_tiny_sam
-from .weights import SamCheckpointError, file_sha256, load_sam_state_dict  # noqa: F401  (re-exported)
+from .weights import SamCheckpointError, load_sam_state_dict  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 

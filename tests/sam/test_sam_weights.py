@@ -12,10 +12,10 @@ from safetensors.torch import load_file
 
 from dearli.sam.generator import build_sam
 from dearli.sam.tiny import TINY_MODEL_TYPE, build_tiny_sam
+from dearli.utils.hashing import file_sha256
 from dearli.sam.weights import (
     TRAINED_TINY_SAM,
     SamCheckpointError,
-    file_sha256,
     load_sam_state_dict,
     manifest_path,
     save_sam_weights,
