@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from detectron2.data import DatasetCatalog
 
 from dearli.config import load_config
@@ -81,3 +82,35 @@ def test_sam_train_set_is_every_synthetic_training_image_with_labels_from_the_co
     sources = DatasetCatalog.get("dearli_shapes_train_labeled") + DatasetCatalog.get("dearli_shapes_train_unlabeled")
     assert [d["file_name"] for d in dicts] == [d["file_name"] for d in sources]
     assert all(d["sam_label_dir"] is None and d["sam_key"] == Path(d["file_name"]).stem for d in dicts)
+
+
+def _trainable_state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith(("sem_seg_head.", "void_embedding."))}
+
+
+def test_warmup_on_tiny_sam_labels_hands_over_to_the_semi_supervised_config(val_subset, tmp_path):
+    """tiny_sam_warmup.yaml trains on the generation tool's output; tiny_dearli_from_sam_warmup.yaml
+    (trained tiny CLIP, ENSEMBLE_ALPHA 0.4) loads its checkpoint into student and teacher."""
+    from dearli.data.datasets.sam_images import register_sam_dataset
+    from dearli.engine import DEARLiTrainer
+
+    _, label_dir = _generate_and_measure(val_subset, tmp_path / "labels", TRAINED_TINY_SAM)
+    register_sam_dataset("test_tiny_sam_val_subset", val_subset[1], str(label_dir))
+    warmup_cfg = load_config(str(CONFIG), ["DATASETS.TRAIN", ("test_tiny_sam_val_subset",), "SAM.LABEL_DIR",
+                                           str(label_dir), "SOLVER.MAX_ITER", 1, "OUTPUT_DIR", str(tmp_path / "warmup")])
+    warmup = DEARLiTrainer(warmup_cfg)
+    warmup.resume_or_load(resume=False)
+    warmup.train()
+    trained = _trainable_state(warmup.model)
+    checkpoint = str(tmp_path / "warmup" / "model_final.pth")
+    semi_cfg = load_config(str(REPO / "configs" / "shapes" / "tiny_dearli_from_sam_warmup.yaml"),
+                           ["MODEL.WEIGHTS", checkpoint, "MODEL.TEACHER.WEIGHTS", checkpoint, "SOLVER.MAX_ITER", 1,
+                            "OUTPUT_DIR", str(tmp_path / "semi")])
+    assert semi_cfg.MODEL.CLIP_HEAD.ENSEMBLE_ALPHA == 0.4 and semi_cfg.MODEL.CLIP_HEAD.CLASS_EMBEDDING == "text"
+    semi = DEARLiTrainer(semi_cfg)
+    semi.resume_or_load(resume=False)
+    student, teacher = _trainable_state(semi.model), _trainable_state(semi.teacher.model)
+    assert set(student) == set(trained) == set(teacher)
+    for key, value in trained.items():
+        assert torch.equal(student[key], value), key
+        assert torch.equal(teacher[key], value), key
