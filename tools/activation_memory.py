@@ -14,7 +14,6 @@ crops and, at a fixed number of queries, about linearly with the pixels, so a me
 ``--images``/``--size`` is scaled by (images ratio) x (pixel ratio) to ``--scale-to-*``.
 """
 import argparse
-import json
 from typing import Dict, List
 
 import torch
@@ -24,7 +23,7 @@ import dearli  # noqa: F401  (registers the model parts and datasets)
 from dearli.cli import add_tool_arguments, parse_tool_args
 from dearli.config import load_config
 from dearli.engine.trainer import DEARLiTrainer
-from dearli.utils.atomic_io import atomic_write
+from dearli.utils.atomic_io import atomic_write_json
 from dearli.utils.threads import setup_threads
 
 
@@ -103,8 +102,7 @@ def main(argv=None) -> Dict:
     print(f"saved activations: {result['measured_gib']:.3f} GiB for {args.images} crop(s) of {args.size}^2; "
           f"scaled to {result['scaled_images']} crops of {result['scaled_size']}^2: {result['scaled_gib']:.2f} GiB")
     if args.json:
-        with atomic_write(args.json) as f:
-            f.write(json.dumps(result, indent=1).encode("utf-8"))
+        atomic_write_json(args.json, result, indent=1, separators=(",", ": "))
     return result
 
 

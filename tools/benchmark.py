@@ -53,7 +53,7 @@ from dearli.engine.trainer import DEARLiTrainer
 from dearli.modeling.checkpoint import DEARLiCheckpointer
 from dearli.modeling.fingerprint import config_for_checkpoint
 from dearli.modeling.weight_files import CheckpointError
-from dearli.utils.atomic_io import atomic_write
+from dearli.utils.atomic_io import atomic_write_json
 from dearli.utils.sync_counter import SyncCounter
 from dearli.utils.threads import setup_threads
 
@@ -368,8 +368,7 @@ def main(argv=None) -> Dict:
     print(format_table(result))
     print(json.dumps(result))
     if args.json:
-        with atomic_write(args.json) as f:
-            f.write(json.dumps(result, indent=1).encode("utf-8"))
+        atomic_write_json(args.json, result, indent=1, separators=(",", ": "))
     return result
 
 

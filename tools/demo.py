@@ -25,7 +25,6 @@ cannot be used (unsafe YAML tag or pickle, truncated checkpoint, checkpoint of a
 ends the run with an error naming the file (exit code 1).
 """
 import argparse
-import json
 import logging
 import math
 import sys
@@ -46,7 +45,7 @@ from dearli.engine.visualization import draw_panoptic, draw_semantic, named_segm
 from dearli.modeling.meta_arch import class_argmax, resize_nearest, resize_panoptic
 from dearli.modeling.weight_files import CheckpointError
 from dearli.utils.safe_yaml import ConfigFileError
-from dearli.utils.atomic_io import atomic_write
+from dearli.utils.atomic_io import atomic_write, atomic_write_json
 from dearli.utils.threads import setup_threads
 
 logger = logging.getLogger("dearli.demo")
@@ -136,8 +135,7 @@ def write_png(path: Path, image) -> None:
 
 
 def write_json(path: Path, data) -> None:
-    with atomic_write(str(path)) as f:
-        f.write(json.dumps(data, indent=1).encode("utf-8"))
+    atomic_write_json(str(path), data, indent=1, separators=(",", ": "))
 
 
 def confident_segments(pan_seg: torch.Tensor, segments_info, threshold: float):

@@ -35,6 +35,7 @@ from detectron2.utils.logger import setup_logger
 import dearli  # noqa: F401  (registers the datasets)
 from dearli.cli import add_tool_arguments, parse_tool_args, split_overrides
 from dearli.config import load_config
+from dearli.data.datasets.from_config import register_config_datasets
 from dearli.data import sam_oracle
 from dearli.data.sam_format import SamLabelError, ensure_meta
 from dearli.sam.generator import GeneratorSettings, SamCheckpointError, SamMaskGenerator, build_sam, file_sha256
@@ -204,6 +205,8 @@ def main(argv=None):
 def _run(args, argv):
     if not args.output and not args.benchmark:
         raise SystemExit("--output is required (root folder of the pseudo-labels)")
+    # --dataset names resolve as in training: split lists under DATASETS.SPLITS_ROOT, config-declared sets.
+    register_config_datasets(load_config(args.config_file, args.opts))
     if args.oracle:
         report(*run_oracle(args), oracle=True)
         return
