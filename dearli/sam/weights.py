@@ -14,8 +14,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file as load_safetensors
 
-from dearli.modeling.backbone.weight_manifest import manifest_path, read_manifest, save_weights_with_manifest
-from dearli.utils.hashing import file_sha256
+from dearli.modeling.backbone.weight_manifest import (  # manifest_path: re-exported for callers
+    check_against_manifest,
+    manifest_path,  # noqa: F401
+    save_weights_with_manifest,
+)
 
 from .tiny import TINY_MODEL_TYPE
 
@@ -35,21 +38,10 @@ def save_sam_weights(state_dict, weights_file, model_type, settings):
 def verify_sam_weights(weights_file, model_type=None):
     """Check ``weights_file`` against its manifest, if any (model type unless None, then sha256);
     returns the manifest or None."""
-    manifest = read_manifest(weights_file)
-    if manifest is None:
-        return None
-    if model_type is not None and manifest["model_name"] != model_type:
-        raise SamCheckpointError(
-            f"SAM checkpoint {weights_file} holds weights of model type {manifest['model_name']!r} "
-            f"(says {manifest_path(weights_file).name}), not {model_type!r}"
-        )
-    actual = file_sha256(weights_file)
-    if actual != manifest["sha256"]:
-        raise SamCheckpointError(
-            f"SAM checkpoint {weights_file} is corrupted or truncated: its sha256 is {actual}, "
-            f"its manifest {manifest_path(weights_file).name} expects {manifest['sha256']}"
-        )
-    return manifest
+    return check_against_manifest(
+        weights_file, f"SAM checkpoint {weights_file}", "model type", model_type, f"not {model_type!r}",
+        error=SamCheckpointError,
+    )
 
 
 def load_sam_state_dict(checkpoint, model_type=None):

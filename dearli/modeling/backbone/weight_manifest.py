@@ -58,22 +58,29 @@ def read_manifest(weights_file):
     return manifest
 
 
-def verify_weights_file(weights_file, model_name):
-    """Check ``weights_file`` against its manifest (when it has one): model name, then sha256.
-    Raises ValueError naming the file; returns the manifest or None."""
+def check_against_manifest(weights_file, subject, kind, expected_name, expected_clause, error=ValueError):
+    """Check ``weights_file`` against its manifest (when it has one): the model name recorded there
+    (unless ``expected_name`` is None), then the sha256. ``subject`` names the file in messages,
+    ``kind`` what the recorded name is, ``expected_clause`` what was asked for. Raises ``error``;
+    returns the manifest or None. One check for every weight file the project trains (CLIP, SAM)."""
     manifest = read_manifest(weights_file)
     if manifest is None:
         return None
-    if manifest["model_name"] != model_name:
-        raise ValueError(
-            f"MODEL.OPEN_CLIP.PRETRAINED={str(weights_file)!r} holds weights of OpenCLIP model "
-            f"{manifest['model_name']!r} (says {manifest_path(weights_file).name}), but "
-            f"MODEL.OPEN_CLIP.MODEL_NAME is {model_name!r}"
-        )
+    says = manifest_path(weights_file).name
+    if expected_name is not None and manifest["model_name"] != expected_name:
+        raise error(f"{subject} holds weights of {kind} {manifest['model_name']!r} (says {says}), {expected_clause}")
     actual = file_sha256(weights_file)
     if actual != manifest["sha256"]:
-        raise ValueError(
-            f"MODEL.OPEN_CLIP.PRETRAINED={str(weights_file)!r} is corrupted or truncated: its sha256 "
-            f"is {actual}, its manifest {manifest_path(weights_file).name} expects {manifest['sha256']}"
+        raise error(
+            f"{subject} is corrupted or truncated: its sha256 is {actual}, its manifest {says} expects {manifest['sha256']}"
         )
     return manifest
+
+
+def verify_weights_file(weights_file, model_name):
+    """Check an OpenCLIP weight file against its manifest (model name, then sha256).
+    Raises ValueError naming the file; returns the manifest or None."""
+    return check_against_manifest(
+        weights_file, f"MODEL.OPEN_CLIP.PRETRAINED={str(weights_file)!r}", "OpenCLIP model", model_name,
+        f"but MODEL.OPEN_CLIP.MODEL_NAME is {model_name!r}",
+    )
