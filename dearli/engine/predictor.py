@@ -63,7 +63,7 @@ class DEARLiPredictor:
         register_config_datasets(self.cfg)  # the model's classes may come from a config-declared set
         allow_unsafe_pickle = self.cfg.MODEL.ALLOW_UNSAFE_PICKLE
         # A random CLIP is rebuilt with the seed the checkpoint was trained with.
-        self.model = _build_seeded_model(config_for_checkpoint(self.cfg, self.cfg.MODEL.WEIGHTS, allow_unsafe_pickle))
+        self.model = build_seeded_model(config_for_checkpoint(self.cfg, self.cfg.MODEL.WEIGHTS, allow_unsafe_pickle))
         self.model.eval()
         DEARLiCheckpointer(self.model, save_to_disk=False, allow_unsafe_pickle=allow_unsafe_pickle).load(
             self.cfg.MODEL.WEIGHTS)
@@ -122,7 +122,7 @@ class DEARLiPredictor:
         return known.index(name.lower()) in set(self.model.thing_ids)
 
 
-def _build_seeded_model(cfg):
+def build_seeded_model(cfg):
     """``build_model(cfg)`` seeded from cfg.SEED (when >= 0) exactly as DEARLiTrainer seeds it, with
     the caller's generator states restored afterwards. Weights no checkpoint holds (a frozen CLIP
     built without MODEL.OPEN_CLIP.PRETRAINED is not saved) then equal those the model was trained with."""

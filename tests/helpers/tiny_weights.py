@@ -4,7 +4,7 @@ from pathlib import Path
 import torch
 from detectron2.modeling import build_model
 
-from dearli.engine.state import capture_rng_state, restore_rng_state, seed_model_init
+from dearli.engine.predictor import build_seeded_model
 from dearli.modeling.checkpoint import DEARLiCheckpointer
 
 # Differs from the tiny configs' SEED, so loaded weights differ from freshly built ones.
@@ -14,12 +14,7 @@ CHECKPOINT_SEED = 1234
 def build_model_seeded_as_trained(cfg):
     """``cfg``'s model built as the trainer and the predictor build it (generators seeded from
     SEED), so its random frozen CLIP is the one a checkpoint of ``cfg`` was trained on."""
-    caller_state = capture_rng_state()
-    try:
-        seed_model_init(cfg.SEED)
-        return build_model(cfg)
-    finally:
-        restore_rng_state(caller_state)
+    return build_seeded_model(cfg)
 
 
 def save_tiny_checkpoint(cfg, directory) -> Path:
