@@ -1,34 +1,13 @@
-"""Every config key dearli adds to Detectron2's defaults, declared once, each with a comment.
+"""Every config key of the method, declared once with a comment; :func:`add_dearli_config` adds
+them (and the optional extensions' keys of :mod:`.extension_keys`) to Detectron2's defaults.
 
-Usage, as with any Detectron2 project::
-
-    cfg = get_cfg()
-    add_dearli_config(cfg)
-    cfg.merge_from_file("configs/ade20k/dearli_convnext_base_1_128.yaml")
-
-Config files are plain YAML: importing this module routes every ``merge_from_file`` of the process
-(Detectron2's and fvcore's ``CfgNode``, whatever their ``allow_unsafe``) through
-:func:`dearli.utils.safe_yaml.load_yaml_with_base`, which reads each file of a ``_BASE_`` chain with
-``yaml.SafeLoader`` and refuses Python tags (naming file, line and tag) and ``_BASE_`` cycles. No
-Python is evaluated.
 Keys follow Mask2Former's names where a Mask2Former user would look for them
 (``MODEL.MASK_FORMER.*``, ``MODEL.SEM_SEG_HEAD.*``); dearli's own keys live under
 ``MODEL.OPEN_CLIP``, ``MODEL.CLIP_HEAD``, ``MODEL.TEACHER``, ``INPUT.UNLABELED``, ``SSL`` and ``SAM``.
 """
 from detectron2.config import CfgNode as CN
-from fvcore.common.config import CfgNode as _FvcoreCfgNode
 
-from .utils.safe_yaml import load_yaml_with_base
-
-
-def _safe_load_yaml_with_base(cls, filename, allow_unsafe=False):
-    """Replaces fvcore's loader, whose ``allow_unsafe`` (Detectron2's default: True) falls back to
-    ``yaml.unsafe_load``; the argument is accepted and ignored."""
-    return load_yaml_with_base(filename)
-
-
-# The one place config files are read: Detectron2's CfgNode inherits this method from fvcore's.
-_FvcoreCfgNode.load_yaml_with_base = classmethod(_safe_load_yaml_with_base)
+from .extension_keys import add_extension_config
 
 
 def add_dearli_config(cfg):
@@ -41,6 +20,7 @@ def add_dearli_config(cfg):
     _add_solver_config(cfg)
     _add_sam_config(cfg)
     _add_test_config(cfg)
+    add_extension_config(cfg)
 
 
 def _add_backbone_config(cfg):
@@ -364,60 +344,3 @@ def _add_test_config(cfg):
     # Test-time augmentation is not implemented (as in the reference); True raises in evaluation.
     cfg.TEST.AUG.ENABLED = False
 
-
-# List-valued keys: (key, exact length or None for "at least one", positive numbers only).
-_LIST_KEYS = (
-    ("INPUT.MIN_SIZE_TRAIN", None, True),
-    ("MODEL.PIXEL_MEAN", 3, False),
-    ("MODEL.PIXEL_STD", 3, True),
-    ("MODEL.OPEN_CLIP.OUT_FEATURES", None, False),
-    ("MODEL.SEM_SEG_HEAD.IN_FEATURES", None, False),
-    ("INPUT.UNLABELED.BLUR_SIGMA", 2, True),
-    ("INPUT.UNLABELED.CUTMIX_AREA", 2, True),
-    ("INPUT.UNLABELED.CUTMIX_ASPECT", 2, True),
-)
-
-
-def _value_at(cfg, key: str):
-    node = cfg
-    for part in key.split("."):
-        node = node[part]
-    return node
-
-
-def check_list_value(key: str, value, length=None, positive: bool = False) -> None:
-    """Raise ValueError naming ``key`` unless ``value`` is a list of ``length`` items (or, with
-    ``length`` None, at least one), positive numbers when ``positive``."""
-    if not isinstance(value, (list, tuple)):
-        raise ValueError(f"{key} must be a list, got {value!r}")
-    if (length is None and not value) or (length is not None and len(value) != length):
-        wanted = "at least one item" if length is None else f"{length} items"
-        raise ValueError(f"{key} must have {wanted}, got {list(value)!r}")
-    if positive and not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value):
-        raise ValueError(f"{key} must hold positive numbers, got {list(value)!r}")
-
-
-def check_list_keys(cfg) -> None:
-    """Length and type of dearli's list-valued keys, so a bad value is named here rather than
-    raising IndexError deep in a mapper."""
-    for key, length, positive in _LIST_KEYS:
-        check_list_value(key, _value_at(cfg, key), length, positive)
-    if cfg.INPUT.CROP.ENABLED:
-        check_list_value("INPUT.CROP.SIZE", cfg.INPUT.CROP.SIZE, 2, positive=True)
-
-
-def load_config(config_file=None, opts=()):
-    """Detectron2 defaults + dearli's keys, then ``config_file`` (if any), then ``KEY VALUE`` ``opts``.
-
-    The one place tools build a config from the command line; unknown keys raise (yacs' check),
-    list-valued keys are checked (:func:`check_list_keys`).
-    """
-    from detectron2.config import get_cfg
-
-    cfg = get_cfg()
-    add_dearli_config(cfg)
-    if config_file:
-        cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
-    check_list_keys(cfg)
-    return cfg
