@@ -3,8 +3,51 @@ pseudo-label refinement (SemiRES), class definitions and dense CLIP guidance (Se
 tags (DecoupledNet). Every extension is off by default, so the paper configs train the reference
 method unchanged. Each extension declares its keys in its own function below, with a comment per key.
 """
+from detectron2.config import CfgNode as CN
 
 
 def add_extension_config(cfg):
     """Add the extensions' keys (all disabled by default) to ``cfg``; called by ``add_dearli_config``."""
+    _add_sam_refine_config(cfg)
     return cfg
+
+
+def _add_sam_refine_config(cfg):
+    """SemiRES's SAM-guided refinement of the teacher's pseudo-labels (extensions.md §2.3); read by
+    ``dearli.engine.sam_settings.SamRefineSettings.from_config``. Needs cfg.SSL (added before)."""
+    cfg.SSL.SAM_REFINE = CN()
+    # Refine each unlabeled image's pseudo-label with its cached SAM masks, before CutMix.
+    cfg.SSL.SAM_REFINE.ENABLED = False
+    # Candidate choice per segment: "iom" (best-IoU SAM mask), "cpi" (union of SAM parts / guarded
+    # supersets) or "best" (of the two, the one closer in IoU to the teacher mask).
+    cfg.SSL.SAM_REFINE.MODE = "best"
+    # IOM accepts the best SAM mask only if its IoU with the teacher mask is strictly above this.
+    cfg.SSL.SAM_REFINE.IOM_IOU = 0.5
+    # CPI: a SAM mask is a part of a segment if more than this share of it lies in the segment
+    # (and a superset candidate if it covers more than this share of the segment).
+    cfg.SSL.SAM_REFINE.CPI_COVER = 0.7
+    # CPI superset guard: the SAM mask may be at most this many times the segment's area (inf: off).
+    cfg.SSL.SAM_REFINE.CPI_MAX_GROWTH = 2.0
+    # CPI superset guard: at most this share of the SAM mask may lie in other segments (1: off).
+    cfg.SSL.SAM_REFINE.CPI_MAX_SPILL = 0.2
+    # Refine stuff segments too (off: SAM parts of stuff regions tend to shrink them).
+    cfg.SSL.SAM_REFINE.APPLY_TO_STUFF = False
+    # Pre-filter: drop SAM masks smaller than this share of the valid (unpadded) crop ...
+    cfg.SSL.SAM_REFINE.MIN_AREA_FRAC = 5e-4
+    # ... and larger than this share (whole-image masks).
+    cfg.SSL.SAM_REFINE.MAX_AREA_FRAC = 0.9
+    # Stride of the SAM masks the unlabeled mapper emits; matching runs at that resolution.
+    cfg.SSL.SAM_REFINE.MATCH_STRIDE = 4
+    # An unlabeled image without cached SAM masks: "error" (names image and cache) or "skip"
+    # (train on its unrefined pseudo-label; skips are counted and logged).
+    cfg.SSL.SAM_REFINE.MISSING_MASKS = "error"
+    cfg.SSL.SAM_REFINE.PWA = CN()
+    # Pixel-wise adjustment: weight the mask losses of unmatched segments per pixel by
+    # OFFSET - N(P; MU, VAR), N the normal density and P the teacher's mask probability.
+    cfg.SSL.SAM_REFINE.PWA.ENABLED = False
+    # Mean of the Gaussian (the least trusted probability).
+    cfg.SSL.SAM_REFINE.PWA.MU = 0.5
+    # Variance of the Gaussian (SemiRES's code calls it "sigma").
+    cfg.SSL.SAM_REFINE.PWA.VAR = 0.1
+    # Offset the density is subtracted from: w(0.5) = 1.3 - 1.2616 = 0.0384 with the defaults.
+    cfg.SSL.SAM_REFINE.PWA.OFFSET = 1.3
