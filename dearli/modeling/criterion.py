@@ -45,18 +45,33 @@ from .target_batch import TargetBatch, build_target_batch
 CONFIDENCE_WEIGHTINGS = ("none", "segment_score")
 
 
-def dice_loss(logits: torch.Tensor, targets: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Per-mask Dice loss 1 - (2|p t| + 1) / (|p| + |t| + 1) of logits/targets [M, P] -> [M]."""
+def dice_loss(logits: torch.Tensor, targets: torch.Tensor, weights: Optional[torch.Tensor] = None,
+              pixel_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per-mask Dice loss 1 - (2|p t| + 1) / (|p| + |t| + 1) of logits/targets [M, P] -> [M].
+
+    ``weights`` (padding validity) multiplies p and t; ``pixel_weights`` w (SemiRES's PWA) gives
+    1 - (2 sum w p t + 1) / (sum w p + sum w t + 1); w = 1 computes the unweighted values bitwise.
+    """
     probs = logits.sigmoid()
     if weights is not None:
         probs, targets = probs * weights, targets * weights
+    if pixel_weights is not None:
+        numerator = 2.0 * (pixel_weights * probs * targets).sum(-1)
+        return 1.0 - (numerator + 1.0) / ((pixel_weights * probs).sum(-1) + (pixel_weights * targets).sum(-1) + 1.0)
     numerator = 2.0 * (probs * targets).sum(-1)
     return 1.0 - (numerator + 1.0) / (probs.sum(-1) + targets.sum(-1) + 1.0)
 
 
-def sigmoid_ce_loss(logits: torch.Tensor, targets: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Per-mask sigmoid BCE averaged over points (weighted mean with ``weights``) [M, P] -> [M]."""
+def sigmoid_ce_loss(logits: torch.Tensor, targets: torch.Tensor, weights: Optional[torch.Tensor] = None,
+                    pixel_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per-mask sigmoid BCE averaged over points (weighted mean with ``weights``) [M, P] -> [M].
+
+    ``pixel_weights`` multiply each point's BCE before that mean and are not renormalised
+    (SemiRES's PWA: down-weighted points lower the loss).
+    """
     per_point = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    if pixel_weights is not None:
+        per_point = per_point * pixel_weights
     if weights is None:
         return per_point.mean(-1)
     return (per_point * weights).sum(-1) / weights.sum(-1).clamp(min=1e-6)
@@ -95,8 +110,10 @@ class SetCriterion(nn.Module):
     "pred_masks" [B,Q,h,w], "aux_outputs": [...]}) and per image a target dict:
     "labels" int64 [N], "masks" bool [N, H, W] or ``BitMasks`` (on the padded canvas the
     predictions cover), optional "seed" (int: seeds this image's points), "valid_mask" bool [H, W]
-    (read when ``ignore_padding``) and "weights" float [N] (read when ``use_segment_weights``:
-    scales each target's BCE and Dice terms; CE is not weighted).
+    (read when ``ignore_padding``), "weights" float [N] (read when ``use_segment_weights``:
+    scales each target's BCE and Dice terms; CE is not weighted) and "mask_weights" float [N, h, w]
+    (per-pixel weights of the BCE and Dice terms, read at the target masks' points; any resolution,
+    one per batch; missing = ones; matching and CE are not weighted).
     """
     @configurable
     def __init__(
@@ -251,8 +268,9 @@ class SetCriterion(nn.Module):
         target_of_pair = layout.offset + target_idx
         target_points = _sample_targets(batch.masks, target_of_pair, points)
         point_weights = self._point_validity(batch, layout, points)
-        bce = sigmoid_ce_loss(pred_points, target_points, point_weights)
-        dice = dice_loss(pred_points, target_points, point_weights)
+        pixel_weights = None if batch.mask_weights is None else _sample_pixel_weights(batch.mask_weights, target_of_pair, points)
+        bce = sigmoid_ce_loss(pred_points, target_points, point_weights, pixel_weights)
+        dice = dice_loss(pred_points, target_points, point_weights, pixel_weights)
         if self.use_segment_weights:
             segment_weights = batch.weights[target_of_pair]
             bce, dice = bce * segment_weights, dice * segment_weights
@@ -278,3 +296,11 @@ def _sample_targets(target_masks: torch.Tensor, target_of_pair: torch.Tensor, po
     once (a target is in at most one pair of a set), with no copy of the masks."""
     per_target = points.new_zeros(len(target_masks), *points.shape[1:]).index_put((target_of_pair,), points)
     return point_sample(target_masks[:, None], per_target)[:, 0][target_of_pair]
+
+
+def _sample_pixel_weights(mask_weights: torch.Tensor, target_of_pair: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Each pair's per-pixel weights [M, P] at its target's points. The complement 1 - w is read
+    (edge values extended beyond the map), so unit weights read exactly 1 and change no bit."""
+    per_target = points.new_zeros(len(mask_weights), *points.shape[1:]).index_put((target_of_pair,), points)
+    complement = point_sample(1.0 - mask_weights[:, None], per_target, padding_mode="border")[:, 0]
+    return 1.0 - complement[target_of_pair]

@@ -28,15 +28,15 @@ _MULTIPLIER_A = 0x7FEB352D
 _MULTIPLIER_B = 0x5BD1E995
 
 
-def point_sample(inputs: torch.Tensor, point_coords: torch.Tensor) -> torch.Tensor:
+def point_sample(inputs: torch.Tensor, point_coords: torch.Tensor, padding_mode: str = "zeros") -> torch.Tensor:
     """Bilinearly read ``inputs`` [N, C, H, W] at ``point_coords`` [N, P, 2] -> [N, C, P].
 
     Coordinates are (x, y) in [0, 1] relative to the whole map (0 = left/top edge, 1 = right/bottom
     edge), so maps of different resolutions covering the same canvas are read at the same places.
-    Points outside the map read zeros.
+    Points outside the map read zeros (``padding_mode="border"``: the nearest edge value).
     """
     grid = 2.0 * point_coords.unsqueeze(2) - 1.0  # [N, P, 1, 2] in grid_sample's [-1, 1]
-    return F.grid_sample(inputs, grid, mode="bilinear", align_corners=False).squeeze(3)
+    return F.grid_sample(inputs, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False).squeeze(3)
 
 
 def _splitmix64(value: int) -> int:

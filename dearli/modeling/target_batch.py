@@ -1,9 +1,10 @@
 """The targets of one criterion call, flattened once for every prediction set.
 
 Per image the criterion receives a dict ("labels" [N], "masks" bool [N, H, W] or BitMasks, optional
-"seed", "valid_mask", "weights"). :func:`build_target_batch` turns the list into flat tensors:
-all targets' labels [T], masks as float [T, H, W] (converted once, not once per prediction set and
-image) and optional weights [T], plus the host-side layout (targets per image). Targets that
+"seed", "valid_mask", "weights", "mask_weights"). :func:`build_target_batch` turns the list into
+flat tensors: all targets' labels [T], masks as float [T, H, W] (converted once, not once per
+prediction set and image), optional weights [T] and optional per-pixel mask weights [T, h, w]
+(SemiRES's PWA maps; an image without them gets ones), plus the host-side layout (targets per image). Targets that
 arrive on the host (the labeled data) are checked there, before their single transfer; targets
 already on the device (the teacher's pseudo-labels) are checked with an asynchronous assert, so
 neither needs the host to wait for the device.
@@ -38,6 +39,7 @@ class TargetBatch:
     seeds: List[Optional[int]]
     valid: Optional[torch.Tensor] = None  # float32 [B, H, W] (1 on real pixels), or None
     weights: Optional[torch.Tensor] = None  # float32 [T], or None
+    mask_weights: Optional[torch.Tensor] = None  # float32 [T, h, w] per-pixel weights, or None
     image_of_target: Optional[torch.Tensor] = None  # int64 [T] on the device
     slot_of_target: Optional[torch.Tensor] = None  # int64 [T]: position among its image's targets
 
@@ -85,6 +87,8 @@ def build_target_batch(
         batch.valid = torch.stack([_valid_map(t, canvas, device) for t in targets])
     if with_weights:
         batch.weights = torch.cat([_weights(t, n, device) for t, n in zip(targets, counts)]) if targets else None
+    if any(t.get("mask_weights") is not None for t in targets):
+        batch.mask_weights = _mask_weights(targets, counts, device)
     return batch
 
 
@@ -137,3 +141,21 @@ def _weights(target: Dict, count: int, device) -> torch.Tensor:
     if weights is None:
         return torch.ones(count, dtype=torch.float32, device=device)
     return weights.to(device=device, dtype=torch.float32, non_blocking=True).reshape(-1)
+
+
+def _mask_weights(targets: Sequence[Dict], counts: Sequence[int], device) -> torch.Tensor:
+    """Every target's per-pixel weight map [T, h, w] (one resolution per batch; ones where missing)."""
+    sizes = {tuple(t["mask_weights"].shape[-2:]) for t in targets if t.get("mask_weights") is not None}
+    if len(sizes) > 1:
+        raise ValueError(f"mask_weights of one batch must share one resolution, got {sorted(sizes)}")
+    size = sizes.pop()
+    maps = []
+    for index, (target, count) in enumerate(zip(targets, counts)):
+        weights = target.get("mask_weights")
+        if weights is None:
+            maps.append(torch.ones(count, *size, dtype=torch.float32, device=device))
+            continue
+        if weights.dim() != 3 or len(weights) != count:
+            raise ValueError(f"targets[{index}]['mask_weights'] must be [N={count}, h, w], got shape {tuple(weights.shape)}")
+        maps.append(weights.to(device=device, dtype=torch.float32, non_blocking=True))
+    return torch.cat(maps)
