@@ -32,6 +32,9 @@ def _add_sam_refine_config(cfg):
     cfg.SSL.SAM_REFINE.CPI_MAX_SPILL = 0.2
     # Refine stuff segments too (off: SAM parts of stuff regions tend to shrink them).
     cfg.SSL.SAM_REFINE.APPLY_TO_STUFF = False
+    # A pixel claimed by a refined segment's SAM region goes to a refined segment even if an
+    # unrefined segment's teacher mask held it (False: all regions rank equally, teacher first).
+    cfg.SSL.SAM_REFINE.REFINED_FIRST = True
     # Pre-filter: drop SAM masks smaller than this share of the valid (unpadded) crop ...
     cfg.SSL.SAM_REFINE.MIN_AREA_FRAC = 5e-4
     # ... and larger than this share (whole-image masks).

@@ -15,6 +15,7 @@ _CONFIG_KEYS = {
     "cpi_max_growth": "SSL.SAM_REFINE.CPI_MAX_GROWTH",
     "cpi_max_spill": "SSL.SAM_REFINE.CPI_MAX_SPILL",
     "apply_to_stuff": "SSL.SAM_REFINE.APPLY_TO_STUFF",
+    "refined_first": "SSL.SAM_REFINE.REFINED_FIRST",
     "min_area_frac": "SSL.SAM_REFINE.MIN_AREA_FRAC",
     "max_area_frac": "SSL.SAM_REFINE.MAX_AREA_FRAC",
     "match_stride": "SSL.SAM_REFINE.MATCH_STRIDE",
@@ -39,6 +40,7 @@ class SamRefineSettings:
     cpi_max_growth: float = 2.0
     cpi_max_spill: float = 0.2
     apply_to_stuff: bool = False
+    refined_first: bool = True
     min_area_frac: float = 5e-4
     max_area_frac: float = 0.9
     match_stride: int = 4
@@ -67,6 +69,7 @@ class SamRefineSettings:
             cpi_max_growth=node.CPI_MAX_GROWTH,
             cpi_max_spill=node.CPI_MAX_SPILL,
             apply_to_stuff=node.APPLY_TO_STUFF,
+            refined_first=node.REFINED_FIRST,
             min_area_frac=node.MIN_AREA_FRAC,
             max_area_frac=node.MAX_AREA_FRAC,
             match_stride=node.MATCH_STRIDE,
@@ -85,7 +88,7 @@ def _problem(name: str, value):
     """Why ``value`` is not acceptable for field ``name``, or None."""
     if name == "mode":
         return None if value in REFINE_MODES else f"expected one of {REFINE_MODES}"
-    if name in ("apply_to_stuff", "pwa_enabled"):
+    if name in ("apply_to_stuff", "refined_first", "pwa_enabled"):
         return None if isinstance(value, bool) else "expected True or False"
     if name == "match_stride":
         ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1

@@ -7,7 +7,8 @@ from helpers.sam_refine_oracle import oracle_refine
 from dearli.config import add_dearli_config
 from dearli.engine.pseudo_labels import PanopticLabel
 from dearli.engine.sam_refine import (
-    BY_CPI, BY_IOM, UNMATCHED, SamRefineSettings, choose_regions, pwa_weights, refine_with_sam,
+    _fall_back_until_non_empty, BY_CPI, BY_IOM, UNMATCHED, SamRefineSettings, choose_regions, pwa_weights, refine_with_sam,
+    resample_nearest,
 )
 
 SIZE = 32
@@ -134,6 +135,32 @@ def test_iom_never_gives_one_sam_mask_to_two_segments():
     assert assignments > 200  # the scenes do exercise IOM
 
 
+def test_chosen_masks_are_pasted_from_full_resolution_when_given():
+    yy, xx = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
+    disc = (yy - 15.3) ** 2 + (xx - 14.6) ** 2 < 7.5 ** 2
+    other = box(0, 3, 0, 30)
+    label = label_of([torch.roll(disc, (1, 1), (0, 1))])
+    full = torch.stack([disc, other, ~disc])
+    low = resample_nearest(full, (SIZE // 4, SIZE // 4))
+    valid = torch.ones(SIZE, SIZE, dtype=torch.bool)
+    probs = torch.ones(1, 8, 8)
+    blocky = refine_with_sam(label, probs, low, valid, SamRefineSettings()).label.seg
+    assert torch.equal(blocky, resample_nearest(low[0], (SIZE, SIZE)).long())
+    assert not torch.equal(blocky, disc.long())
+    assert torch.equal(refine_with_sam(label, probs, low, valid, SamRefineSettings(), full).label.seg, disc.long())
+    asked = []
+
+    def decode(indices):
+        asked.append(indices.tolist())
+        return full[indices]
+
+    assert torch.equal(refine_with_sam(label, probs, low, valid, SamRefineSettings(), decode).label.seg, disc.long())
+    assert asked == [[0]]  # only the chosen mask is decoded
+    with pytest.raises(ValueError, match=r"^paste_masks must give bool \[1, 32, 32\] for the chosen SAM masks, "
+                                         r"got torch.bool of shape \(1, 16, 16\)$"):
+        refine_with_sam(label, probs, low, valid, SamRefineSettings(), lambda i: full[i][:, :16, :16])
+
+
 # --- CPI and its guards ------------------------------------------------------------------------
 
 def test_cpi_unites_three_parts_and_drops_the_noise_pixel():
@@ -205,25 +232,37 @@ def test_overlapping_regions_go_to_the_teacher_then_to_the_higher_score():
     assert torch.equal(result.label.seg, expected)
 
 
-def test_a_segment_emptied_by_its_neighbours_falls_back_to_its_teacher_mask():
-    """With a 7 -> 3 matching resolution, full row/col 2 is read as low 1 when matching, but low 1
-    pastes back onto full 3..4: the small segment's chosen part misses its own teacher pixel and
-    lies inside the big segment's teacher mask, so composition empties it."""
+def test_a_refined_thing_takes_back_pixels_the_teacher_gave_to_unrefined_stuff():
+    stuff = torch.ones(SIZE, SIZE, dtype=torch.bool) & ~box(10, 22, 10, 22)
+    label = label_of([box(10, 22, 10, 22), stuff], isthing=[True, False])
+    square = box(8, 20, 8, 20)
+    taken = refine(label, [square])
+    # The teacher's thing pixels outside the square are in no region: no segment.
+    assert torch.equal(taken.label.seg, torch.where(square, 1, torch.where(stuff, 2, 0)))
+    literal = refine(label, [square], refined_first=False)  # every region ranks equally: stuff keeps its pixels
+    assert torch.equal(literal.label.seg, torch.where(square & ~stuff, 1, torch.where(stuff, 2, 0)))
+
+
+@pytest.mark.parametrize("refined_first", [True, False])
+def test_a_segment_emptied_by_its_neighbours_falls_back_to_its_teacher_mask(refined_first):
+    """A safety net: with centre-aligned resampling a chosen region always keeps a teacher pixel,
+    so the regions are drawn by hand here: the small segment's region misses its own teacher pixel
+    and lies inside the big segment's teacher mask, so composition empties it."""
     seg = torch.zeros(7, 7, dtype=torch.int64)
     seg[2, 2] = 1
     seg[3:7, 3:7] = 2
     label = PanopticLabel(seg, torch.tensor([1, 2]), torch.tensor([True, True]), torch.tensor([0.9, 0.1]))
-    sam = torch.zeros(2, 3, 3, dtype=torch.bool)
-    sam[0, 1, 1] = True  # the small segment's part (at matching resolution)
-    sam[1, 1:3, 1:3] = True  # a superset of the big one (needs the guards off)
-    probs = torch.ones(2, 7, 7)
-    result = refine_with_sam(label, probs, sam, torch.ones(7, 7, dtype=torch.bool),
-                             SamRefineSettings(mode="cpi", min_area_frac=0.0, **UNGUARDED))
-    assert torch.equal(result.label.seg, seg)
-    assert result.stats["cpi_share"] == 0.5 and result.stats["unmatched_share"] == 0.5
-    expected_seg, expected_choice = oracle_refine(label, probs, sam, torch.ones(7, 7, dtype=torch.bool),
-                                                  SamRefineSettings(mode="cpi", min_area_frac=0.0, **UNGUARDED))
-    assert torch.equal(expected_seg, seg) and expected_choice == [UNMATCHED, BY_CPI]
+    regions = torch.zeros(2, 7, 7, dtype=torch.bool)
+    regions[0, 3:5, 3:5] = True
+    regions[1, 2:7, 2:7] = True
+    valid = torch.ones(7, 7, dtype=torch.bool)
+    choice, refined = _fall_back_until_non_empty(label, torch.tensor([BY_CPI, BY_IOM]), regions, torch.ones(2, 7, 7),
+                                                 valid, refined_first)
+    assert choice.tolist() == [UNMATCHED, BY_IOM]
+    expected = seg.clone()
+    expected[2, 3:7] = 2
+    expected[3:7, 2] = 2
+    assert torch.equal(refined, expected)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -279,8 +318,9 @@ def test_pwa_weights_only_the_unmatched_segments():
 SETTINGS = [
     SamRefineSettings(),
     SamRefineSettings(mode="iom", apply_to_stuff=True),
-    SamRefineSettings(mode="cpi", min_area_frac=0.01),
+    SamRefineSettings(mode="cpi", min_area_frac=0.01, refined_first=False),
     SamRefineSettings(mode="best", apply_to_stuff=True, **UNGUARDED),
+    SamRefineSettings(mode="best", refined_first=False, **UNGUARDED),
     SamRefineSettings(mode="best", iom_iou=0.3, cpi_cover=0.5, max_area_frac=0.6),
 ]
 
@@ -296,6 +336,9 @@ def test_vectorised_function_equals_the_loop_oracle_on_random_scenes():
         result = refine_with_sam(label, probs, sam, valid, settings)
         expected_seg, expected_choice = oracle_refine(label, probs, sam, valid, settings)
         assert torch.equal(result.label.seg, expected_seg), scene
+        # Pasting the upsampled matching masks (cut to the matching-resolution valid area) is the default.
+        upsampled = resample_nearest(sam & resample_nearest(valid, sam.shape[-2:]), label.seg.shape)
+        assert torch.equal(refine_with_sam(label, probs, sam, valid, settings, upsampled).label.seg, expected_seg)
         in_scope = [bool(t) or settings.apply_to_stuff for t in label.isthing]
         n_scope = max(sum(in_scope), 1)
         for code, key in ((BY_IOM, "iom_share"), (BY_CPI, "cpi_share"), (UNMATCHED, "unmatched_share")):

@@ -27,8 +27,8 @@ def oracle_refine(label: PanopticLabel, prob_maps, sam_masks, valid, settings):
     low_h, low_w = sam_masks.shape[-2:]
     valid_l = valid.tolist()
     low_pixels = [(r, c) for r in range(low_h) for c in range(low_w)]
-    # Matching resolution: the full-resolution pixel a low-resolution pixel reads (nearest).
-    src = {(r, c): (r * height // low_h, c * width // low_w) for r, c in low_pixels}
+    # Matching resolution: the full-resolution pixel holding a low-resolution pixel's centre.
+    src = {(r, c): (int((r + 0.5) * height / low_h), int((c + 0.5) * width / low_w)) for r, c in low_pixels}
     sam = [[bool(sam_masks[j, r, c]) and valid_l[src[r, c][0]][src[r, c][1]] for r, c in low_pixels] for j in range(k)]
     teacher = [[seg[src[p][0]][src[p][1]] == i + 1 for p in low_pixels] for i in range(num)]
     valid_area = sum(valid_l[src[p][0]][src[p][1]] for p in low_pixels)
@@ -81,8 +81,10 @@ def oracle_refine(label: PanopticLabel, prob_maps, sam_masks, valid, settings):
             choice.append(0)
             regions_low.append(None)
 
+    first_rank = [c != 0 for c in choice]  # refined segments, and later the fallen-back ones
     while True:
-        refined = _compose(label, seg, valid_l, prob_maps, choice, regions_low, low_h, low_w)
+        refined = _compose(label, seg, valid_l, prob_maps, choice, regions_low, low_h, low_w,
+                           first_rank if settings.refined_first else None)
         present = {v for row in refined for v in row}
         emptied = [i for i in range(num) if choice[i] != 0 and (i + 1) not in present
                    and any(seg[y][x] == i + 1 and valid_l[y][x] for y in range(height) for x in range(width))]
@@ -92,7 +94,7 @@ def oracle_refine(label: PanopticLabel, prob_maps, sam_masks, valid, settings):
             choice[i], regions_low[i] = 0, None
 
 
-def _compose(label, seg, valid_l, prob_maps, choice, regions_low, low_h, low_w):
+def _compose(label, seg, valid_l, prob_maps, choice, regions_low, low_h, low_w, first_rank):
     height, width = len(seg), len(seg[0])
     prob_h, prob_w = prob_maps.shape[-2:]
     scores = label.scores.to(torch.float32)
@@ -106,17 +108,20 @@ def _compose(label, seg, valid_l, prob_maps, choice, regions_low, low_h, low_w):
                 if choice[i] == 0:
                     inside = seg[y][x] == i + 1
                 else:
-                    inside = regions_low[i][(y * low_h // height) * low_w + x * low_w // width]
+                    inside = regions_low[i][int((y + 0.5) * low_h / height) * low_w + int((x + 0.5) * low_w / width)]
                 if inside:
                     members.append(i)
             if not members:
                 continue
+            if first_rank is not None and any(first_rank[i] for i in members):
+                members = [i for i in members if first_rank[i]]
             if seg[y][x] - 1 in members:
                 out[y][x] = seg[y][x]
                 continue
             best, best_value = None, None
             for i in members:
-                value = float(scores[i] * prob_maps[i, y * prob_h // height, x * prob_w // width].to(torch.float32))
+                prob = prob_maps[i, int((y + 0.5) * prob_h / height), int((x + 0.5) * prob_w / width)]
+                value = float(scores[i] * prob.to(torch.float32))
                 if best_value is None or value > best_value:
                     best, best_value = i, value
             out[y][x] = best + 1
