@@ -61,7 +61,8 @@ class RefineResult(NamedTuple):
     ``unmatched_share``), their mean IoU between teacher and refined mask
     (``mean_iou_teacher_refined``) and mean relative area change (``mean_area_change``), the number
     of in-scope segments (``segments_in_scope``) and of SAM masks (``sam_masks``), and the share of
-    SAM masks the pre-filter dropped (``sam_dropped_share``)."""
+    SAM masks the pre-filter dropped (``sam_dropped_share``; as too large, i.e. whole-image masks:
+    ``sam_dropped_large_share``; the rest were too small)."""
 
     label: PanopticLabel
     weight_maps: torch.Tensor  # float [N, h, w] at prob_maps' resolution
@@ -118,12 +119,14 @@ def refine_with_sam(
     valid_low = resample_nearest(valid, sam_masks.shape[-2:])
     sam_flat = (sam_masks & valid_low).flatten(1).to(torch.float32)  # [K, L]
     sam_area = sam_flat.sum(1)
-    kept = prefilter(sam_area, valid_low.sum().to(torch.float32), settings)
+    valid_area = valid_low.sum().to(torch.float32)
+    kept = prefilter(sam_area, valid_area, settings)
+    too_large = sam_area > settings.max_area_frac * valid_area  # whole-image masks, for telemetry
     in_scope = label.isthing.to(torch.bool) | settings.apply_to_stuff
     if num_sam == 0 or num_segments == 0 or not bool(kept.any()):
         # No SAM mask at all: nothing was tried, weights stay 1. All dropped: every segment missed.
         stats = _stats(label, label, torch.zeros(num_segments, dtype=torch.int64, device=device), in_scope,
-                       kept, num_sam)
+                       kept, too_large, num_sam)
         return RefineResult(label, _weight_maps(prob_maps, ones, in_scope & (num_sam > 0), settings), stats)
 
     ids = torch.arange(1, num_segments + 1, device=device)
@@ -137,7 +140,7 @@ def refine_with_sam(
     choice, refined = _fall_back_until_non_empty(label, choice, regions, prob_maps, valid,
                                                  settings.refined_first)
     out = PanopticLabel(refined, label.classes, label.isthing, label.scores)
-    stats = _stats(label, out, choice, in_scope, kept, num_sam)
+    stats = _stats(label, out, choice, in_scope, kept, too_large, num_sam)
     return RefineResult(out, _weight_maps(prob_maps, ones, in_scope & (choice == UNMATCHED), settings), stats)
 
 
@@ -250,7 +253,8 @@ def _safe_ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Ten
     return torch.where(denominator > 0, numerator / denominator.clamp(min=1e-12), 0.0)
 
 
-def _stats(before: PanopticLabel, after: PanopticLabel, choice, in_scope, kept, num_sam: int) -> Dict[str, float]:
+def _stats(before: PanopticLabel, after: PanopticLabel, choice, in_scope, kept, too_large,
+           num_sam: int) -> Dict[str, float]:
     """Step 9 telemetry over the in-scope segments (IoU and area change at [H, W])."""
     n = before.num_segments
     bins = n + 1
@@ -276,6 +280,7 @@ def _stats(before: PanopticLabel, after: PanopticLabel, choice, in_scope, kept, 
         "mean_area_change": float((change * scope).sum()) / denominator,
         "sam_masks": float(num_sam),
         "sam_dropped_share": float((~kept).sum()) / num_sam if num_sam else 0.0,
+        "sam_dropped_large_share": float(too_large.sum()) / num_sam if num_sam else 0.0,
     }
 
 

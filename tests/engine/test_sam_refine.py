@@ -55,6 +55,7 @@ def test_iom_snaps_a_shifted_square_to_its_sam_mask(mode):
     assert torch.equal(result.label.seg, square.long())
     assert result.stats["iom_share"] == 1.0 and result.stats["cpi_share"] == 0.0
     assert result.stats["sam_dropped_share"] == 0.25  # the whole-image mask
+    assert result.stats["sam_dropped_large_share"] == 0.25
     assert result.stats["mean_iou_teacher_refined"] == pytest.approx(100 / 188)
     assert result.stats["mean_area_change"] == 0.0
 
@@ -373,4 +374,5 @@ def test_sam_masks_all_dropped_by_the_prefilter_leave_the_label_and_weight_the_m
     result = refine(label, [tiny, whole], min_area_frac=0.01, pwa_enabled=True)
     assert result.label is label
     assert result.stats["sam_dropped_share"] == 1.0 and result.stats["unmatched_share"] == 1.0
+    assert result.stats["sam_dropped_large_share"] == 0.5
     assert float(result.weight_maps.min()) < 1.0
