@@ -9,6 +9,7 @@ from detectron2.config import CfgNode as CN
 def add_extension_config(cfg):
     """Add the extensions' keys (all disabled by default) to ``cfg``; called by ``add_dearli_config``."""
     _add_sam_refine_config(cfg)
+    _add_image_tags_config(cfg)
     return cfg
 
 
@@ -54,3 +55,29 @@ def _add_sam_refine_config(cfg):
     cfg.SSL.SAM_REFINE.PWA.VAR = 0.1
     # Offset the density is subtracted from: w(0.5) = 1.3 - 1.2616 = 0.0384 with the defaults.
     cfg.SSL.SAM_REFINE.PWA.OFFSET = 1.3
+
+
+def _add_image_tags_config(cfg):
+    """Image-level tags of the unlabeled images (DecoupledNet, extensions.md §4; README "Image-level
+    tags (DecoupledNet)"): a tag-constrained teacher and a multi-label tag loss on the student."""
+    cfg.SSL.IMAGE_TAGS = CN()
+    # Use image tags on the unlabeled images (needs SSL.ENABLED). Off: no tag is read, the mapper's
+    # samples, the teacher's pseudo-labels and the losses are those of the reference method.
+    cfg.SSL.IMAGE_TAGS.ENABLED = False
+    # User tag file (JSON {file_name: [class names]} or text lines "file_name<TAB or :>class, class").
+    # Empty = the tags that a "*_unlabeled_tagged" dataset derives from its ground truth.
+    cfg.SSL.IMAGE_TAGS.FILE = ""
+    # Fraction of the tagged unlabeled images that keep their tags (a seeded subset, the same in
+    # every run with the same SUBSET_SEED); the others train as plain unlabeled images.
+    cfg.SSL.IMAGE_TAGS.FRACTION = 1.0
+    # Seed of that subset (fixed like a split list, independent of SEED).
+    cfg.SSL.IMAGE_TAGS.SUBSET_SEED = 0
+    # Derived tags only: a class is a tag when it covers >= max(1 pixel, MIN_AREA_FRACTION x image).
+    cfg.SSL.IMAGE_TAGS.MIN_AREA_FRACTION = 0.0
+    # Teacher on tagged images: "restrict" (each query's class distribution limited to
+    # tags + void and renormalised before panoptic inference), "drop" (inference unchanged, then
+    # segments of untagged classes removed) or "none".
+    cfg.SSL.IMAGE_TAGS.TEACHER_MODE = "restrict"
+    # Weight of the student's multi-label tag loss loss_tag (BCE on max-over-queries class
+    # probabilities); 0 = no tag loss.
+    cfg.SSL.IMAGE_TAGS.LOSS_WEIGHT = 1.0

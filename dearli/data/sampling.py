@@ -39,6 +39,7 @@ from detectron2.utils import comm
 
 from . import mappers  # noqa: F401  (registers the training mappers)
 from .datasets.from_config import register_config_datasets
+from .image_tags import attach_image_tags_from_cfg
 from .registry import MAPPER_REGISTRY, build_mapper
 
 logger = logging.getLogger(__name__)
@@ -213,7 +214,8 @@ def build_train_batches(cfg, start_iter=0, *, rank=None, world_size=None) -> Tra
     unlabeled, unlabeled_mapper = None, None
     check_unlabeled_data(cfg)
     if cfg.SSL.ENABLED:
-        unlabeled = DatasetFromList(dataset_dicts("DATASETS.TRAIN_UNLABELED", cfg.DATASETS.TRAIN_UNLABELED), copy=True)
+        unlabeled_dicts = dataset_dicts("DATASETS.TRAIN_UNLABELED", cfg.DATASETS.TRAIN_UNLABELED)
+        unlabeled = DatasetFromList(attach_image_tags_from_cfg(cfg, unlabeled_dicts), copy=True)
         unlabeled_mapper = MAPPER_REGISTRY.get("unlabeled_weak_strong")(cfg, True)
     logger.info(
         "train loader: rank %d/%d, %d labeled + %d unlabeled samples per iteration, from iteration %d",

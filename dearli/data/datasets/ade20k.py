@@ -10,13 +10,15 @@ Layout under ``<root>/ADEChallengeData2016`` (``<root>`` = ``$DETECTRON2_DATASET
 Registered names: ``ade20k_panoptic_train``, ``ade20k_panoptic_val`` (panoptic GT for PQ plus
 ``sem_seg_root`` for mIoU) and, per split S in ``ADE20K_SPLITS``,
 ``ade20k_panoptic_train_{S}_labeled`` (train dicts listed in ``<splits>/ade_splits/S/labeled.txt``)
-and ``ade20k_panoptic_train_{S}_unlabeled`` (image-only dicts of ``.../S/unlabeled.txt``).
+and ``ade20k_panoptic_train_{S}_unlabeled`` (image-only dicts of ``.../S/unlabeled.txt``), with
+``..._unlabeled_tagged``: the same images with tags derived from their ground truth (:mod:`.tagged`).
 """
 import os
 
 from .metadata import ade20k_categories, build_panoptic_metadata
 from .panoptic import panoptic_dataset, register_panoptic_dataset
 from .splits import register_labeled_split, register_unlabeled_list
+from .tagged import register_tagged_list
 
 ADE20K_DIRNAME = "ADEChallengeData2016"
 ADE20K_SPLITS = ("1_128", "1_64", "1_32", "1_16", "1_8")
@@ -64,3 +66,6 @@ def register_ade20k_splits(root, splits_root):
         register_unlabeled_list(f"ade20k_panoptic_train_{split}_unlabeled",
                                 os.path.join(split_dir, "unlabeled.txt"), labeled_file,
                                 os.path.join(root, ADE20K_DIRNAME), metadata)
+        register_tagged_list(f"ade20k_panoptic_train_{split}_unlabeled_tagged",
+                             os.path.join(split_dir, "unlabeled.txt"), labeled_file, load_train, metadata,
+                             source=paths["panoptic_json"])

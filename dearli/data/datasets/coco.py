@@ -14,7 +14,9 @@ Registered names:
   Detectron2's registrations of the same names, whose ``thing_classes`` list only the things.
 - ``coco_2017_train_panoptic_{S}_labeled``: train dicts listed in
   ``<splits>/coco_splits/S/labeled.txt``; ``..._{S}_unlabeled``: every other train2017 image
-  (the complement, computed from the train json; no unlabeled list is needed).
+  (the complement, computed from the train json; no unlabeled list is needed);
+  ``..._{S}_unlabeled_tagged``: the same images with tags derived from their ground truth
+  (:mod:`.tagged`).
 - ``coco_objects_2017_val``; ``coco_objects_2017_train_{S}_labeled`` / ``_unlabeled`` likewise.
 """
 import os
@@ -22,6 +24,7 @@ import os
 from .metadata import build_panoptic_metadata, coco_objects_categories, coco_panoptic_categories
 from .panoptic import panoptic_dataset, register_panoptic_dataset
 from .splits import register_labeled_split, register_unlabeled_complement
+from .tagged import register_tagged_complement
 
 COCO_SPLITS = ("1_512", "1_256", "1_128", "1_64", "1_32")
 COCO_EVALUATOR_TYPE = "coco_panoptic_seg"
@@ -75,6 +78,8 @@ def _register_splits(prefix, paths, category_metadata, hint, splits_root):
                                source=paths["panoptic_json"])
         register_unlabeled_complement(f"{prefix}_{split}_unlabeled", load_train, labeled_file,
                                       metadata, source=paths["panoptic_json"])
+        register_tagged_complement(f"{prefix}_{split}_unlabeled_tagged", load_train, labeled_file,
+                                   metadata, source=paths["panoptic_json"])
 
 
 def register_coco_splits(root, splits_root):

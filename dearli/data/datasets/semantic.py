@@ -18,7 +18,8 @@ CamVid (11 classes, 360x480) is registered from ``$DEARLI_CAMVID`` or
 ``{train,val}/labels/*.png``): ``camvid_train``, ``camvid_val``, and a deterministic 1/8 labeled
 split ``camvid_train_1_8_labeled`` (the ``round(N/8)`` label files chosen by
 ``numpy.random.default_rng(0)`` among the sorted stems; 46 of 367) with
-``camvid_train_1_8_unlabeled`` (the others, image-only).
+``camvid_train_1_8_unlabeled`` (the others, image-only) and ``camvid_train_1_8_unlabeled_tagged``
+(the same images with tags derived from their ground truth, :mod:`.tagged`).
 """
 import os
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from .metadata import IGNORE_LABEL, build_panoptic_metadata, register_dataset, s
 from .panoptic import load_panoptic_json, read_json
 from .prepare_utils import atomic_write_json, save_panoptic_png, save_png_atomic, segment_records
 from .splits import image_only, record_stem
+from .tagged import register_tagged
 from .validate import DatasetFileError, read_sem_seg
 
 SEMANTIC_EVALUATOR_TYPE = "sem_seg"
@@ -201,15 +203,14 @@ def register_semantic_split(prefix, source, fraction, seed, colors=None, prompt_
     """Register ``<prefix>_labeled`` (a seeded ``fraction`` of ``source``) and ``_unlabeled``."""
     category_metadata, metadata = semantic_metadata(source, colors, prompt_file)
 
-    def split(labeled):
-        records = source.load(category_metadata)
-        chosen = choose_labeled_stems([record_stem(r) for r in records], fraction, seed)
-        if labeled:
-            return [r for r in records if record_stem(r) in chosen]
-        return [image_only(r) for r in records if record_stem(r) not in chosen]
+    def records(labeled):
+        loaded = source.load(category_metadata)
+        chosen = choose_labeled_stems([record_stem(r) for r in loaded], fraction, seed)
+        return [r for r in loaded if (record_stem(r) in chosen) == labeled]
 
-    register_dataset(f"{prefix}_labeled", lambda: split(True), metadata)
-    register_dataset(f"{prefix}_unlabeled", lambda: split(False), metadata)
+    register_dataset(f"{prefix}_labeled", lambda: records(True), metadata)
+    register_dataset(f"{prefix}_unlabeled", lambda: [image_only(r) for r in records(False)], metadata)
+    register_tagged(f"{prefix}_unlabeled_tagged", lambda: records(False), metadata)
 
 
 def camvid_root(datasets_root):

@@ -15,7 +15,8 @@ generated on first use into a temporary folder that is then renamed, so concurre
 killed runs never see a half-written split.
 
 Registered names (``register_shapes``): ``<prefix>_train_labeled``, ``<prefix>_train_unlabeled``
-(images only) and ``<prefix>_val``. The defaults (``dearli_shapes_*``: 24 labeled, 200 unlabeled,
+(images only), ``<prefix>_train_unlabeled_tagged`` (the same images with tags derived from
+their ground truth, :mod:`.tagged`) and ``<prefix>_val``. The defaults (``dearli_shapes_*``: 24 labeled, 200 unlabeled,
 24 val images of 96x96, seed 0) are registered on import; nothing is generated until a split is loaded.
 """
 import functools
@@ -33,6 +34,7 @@ from ...utils.atomic_io import NEW_DIR_MODE, process_umask
 from .metadata import build_panoptic_metadata, register_dataset
 from .panoptic import load_panoptic_json
 from .prepare_utils import paint_segments, segment_records
+from .tagged import register_tagged
 
 GENERATOR_VERSION = 1  # bump when the rendering changes: it is part of the cache folder name
 # (dataset category id, name, synonyms, OpenCV hue 0..179 of the colour family)
@@ -289,6 +291,9 @@ def register_shapes(prefix="dearli_shapes", num_labeled=24, num_unlabeled=200, n
         load = functools.partial(_load_split, split_dir, split, num_images, image_hw, seed, labeled, metadata)
         register_dataset(name, load, dict(metadata, **paths))
         registered[name] = split_dir
+        if not labeled:  # every split's json holds ground truth: the unlabeled images' gives their tags
+            ground_truth = functools.partial(_load_split, split_dir, split, num_images, image_hw, seed, True, metadata)
+            register_tagged(f"{name}_tagged", ground_truth, dict(metadata, **paths))
     return registered
 
 

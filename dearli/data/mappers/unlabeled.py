@@ -11,6 +11,10 @@ pseudo-labels), so the box is returned as a mask and no pixels are pasted here.
 Call convention: ``mapper(dataset_dict, rng, draw_partner=None)``. ``draw_partner(rng)`` returns the
 partner's dataset dict; without it no CutMix is made. Draw order from ``rng``: main views, CutMix
 coin, partner choice, partner views, box.
+
+With SSL.IMAGE_TAGS.ENABLED the sample and its ``cutmix`` entry also carry ``image_tags`` (bool
+[C], multi-hot) and ``has_tags`` (:func:`dearli.data.image_tags.image_tag_fields`); reading them
+draws nothing from ``rng``, so the views are those of a run without tags.
 """
 import copy
 from typing import Callable, Optional, Tuple
@@ -34,6 +38,7 @@ from .augmentation import (
     valid_mask,
 )
 from ..datasets.splits import image_only
+from ..image_tags import image_tag_fields
 from .panoptic_targets import panoptic_ids, panoptic_instances, read_panoptic_rgb, read_training_image
 
 
@@ -51,6 +56,7 @@ class UnlabeledWeakStrongMapper:
         cutmix_aspect: Tuple[float, float],
         size_divisibility: int,
         pad_value: int,
+        tag_classes: int = 0,
     ):
         """
         Args:
@@ -60,6 +66,7 @@ class UnlabeledWeakStrongMapper:
             cutmix_area: box area range, as fractions of the partner crop's real-pixel area.
             cutmix_aspect: box height/width range.
             size_divisibility, pad_value: padding of every view (right/bottom).
+            tag_classes: C, to carry image tags as multi-hot [C] vectors; 0 = no tag fields.
         """
         for name, (low, high) in (("CUTMIX_AREA", cutmix_area), ("CUTMIX_ASPECT", cutmix_aspect)):
             if not 0 < low <= high:
@@ -71,6 +78,7 @@ class UnlabeledWeakStrongMapper:
         self.cutmix_aspect = tuple(cutmix_aspect)
         self.size_divisibility = size_divisibility
         self.pad_value = pad_value
+        self.tag_classes = tag_classes
 
     @classmethod
     def from_config(cls, cfg, is_train=True):
@@ -86,6 +94,7 @@ class UnlabeledWeakStrongMapper:
             "cutmix_aspect": tuple(unlabeled.CUTMIX_ASPECT),
             "size_divisibility": int(cfg.INPUT.SIZE_DIVISIBILITY),
             "pad_value": int(cfg.INPUT.PAD_VALUE),
+            "tag_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES if cfg.SSL.IMAGE_TAGS.ENABLED else 0,
         }
 
     def views(self, dataset_dict, rng):
@@ -137,6 +146,8 @@ class UnlabeledWeakStrongMapper:
         }
         if partner is not None:
             sample["cutmix"] = self._cutmix_entry(partner, canvas_hw, rng)
+        if self.tag_classes:
+            sample.update(image_tag_fields(dataset_dict, self.tag_classes))
         return sample, transforms
 
     def _padded_views(self, weak, strong, canvas_hw):
@@ -151,11 +162,14 @@ class UnlabeledWeakStrongMapper:
         # As in the reference the box lies anywhere in the partner crop, so it may cover the main
         # image's padding: the student's valid area becomes main valid | box (engine/pseudo_labels).
         box = sample_cutmix_box(tuple(weak.shape[-2:]), self.cutmix_area, self.cutmix_aspect, rng)
-        return {
+        entry = {
             "file_name": partner_dict["file_name"],
             **self._padded_views(weak, strong, canvas_hw),
             "box_mask": box.mask(canvas_hw),
         }
+        if self.tag_classes:
+            entry.update(image_tag_fields(partner_dict, self.tag_classes))
+        return entry
 
 
 @MAPPER_REGISTRY.register()
