@@ -12,14 +12,19 @@ Used by the model at evaluation and by the teacher for pseudo-labels (method §1
 5. stuff segments of one class share an id, thing segments get one id each; ids are 1..n in the
    order of the first query of each segment; 0 = no segment.
 
+Optional ``allowed_classes`` (bool [C], an image's tags) first limits every query's class
+distribution to those classes + void (:mod:`.tag_constraint`); without it nothing changes.
+
 The rule is computed with fixed-shape tensor ops only (no boolean indexing, no ``unique``, no host
 read): :func:`panoptic_segments` returns tensors and a device-side segment count, so the teacher's
 pseudo-label path waits for the device once per batch (:func:`trim_segments`), not per image.
 """
 from dataclasses import dataclass
-from typing import Collection, Dict, List, Sequence, Tuple
+from typing import Collection, Dict, List, Optional, Sequence, Tuple
 
 import torch
+
+from .tag_constraint import restrict_class_scores
 
 
 @dataclass
@@ -42,6 +47,7 @@ def panoptic_segments(
     thing_table: torch.Tensor,
     object_threshold: float,
     overlap_threshold: float,
+    allowed_classes: Optional[torch.Tensor] = None,
 ) -> PanopticSegments:
     """The rules 1-5 of the module docstring for one image, without a host round trip.
 
@@ -49,7 +55,10 @@ def panoptic_segments(
         class_scores: [Q, C+1] class logits or log-probabilities; the last column is void.
         mask_logits: [Q, H, W] mask logits at the output resolution (any float dtype).
         thing_table: bool [C] on the device, True for thing classes (:func:`thing_table_of`).
+        allowed_classes: optional bool [C]; classes outside it are never predicted (module docstring).
     """
+    if allowed_classes is not None:
+        class_scores = restrict_class_scores(class_scores, allowed_classes)
     num_queries, num_classes = class_scores.shape[0], class_scores.shape[-1] - 1
     device = mask_logits.device
     scores, labels = class_scores.float().softmax(-1).max(-1)
@@ -123,6 +132,7 @@ def panoptic_inference(
     thing_ids: Collection[int],
     object_threshold: float,
     overlap_threshold: float,
+    allowed_classes: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, List[Dict]]:
     """Panoptic segmentation of one image in Detectron2's format.
 
@@ -132,12 +142,14 @@ def panoptic_inference(
         mask_logits: [Q, H, W] mask logits at the output resolution.
         thing_ids: contiguous class ids that are things.
         object_threshold, overlap_threshold: the rules 2 and 4 above.
+        allowed_classes: optional bool [C], the classes a query may take (an image's tags).
     Returns:
         (pan_seg int32 [H, W], segments_info: list of {"id", "category_id", "isthing", "score"}).
         A merged stuff segment's score is the largest score of its queries.
     """
     table = thing_table_of(thing_ids, class_scores.shape[-1] - 1, mask_logits.device)
-    [segments] = trim_segments([panoptic_segments(class_scores, mask_logits, table, object_threshold, overlap_threshold)])
+    [segments] = trim_segments([panoptic_segments(class_scores, mask_logits, table, object_threshold, overlap_threshold,
+                                                   allowed_classes)])
     return as_detectron2_panoptic(segments)
 
 

@@ -2,7 +2,8 @@
 
 Training: ``forward(list[dict])`` (labeled samples, Detectron2 style) or
 ``forward({"labeled": [...], "pseudo_labeled": [...]})`` returns the set losses; pseudo-label
-losses carry the prefix ``pseudo_`` and the weight SSL.PSEUDO_LOSS_WEIGHT. The two sets are told
+losses carry the prefix ``pseudo_`` and the weight SSL.PSEUDO_LOSS_WEIGHT (with image tags, SSL.IMAGE_TAGS, also
+``loss_tag``: :mod:`.tag_loss`). The two sets are told
 apart by name, never by position in a list; when their padded canvases agree they share one
 forward pass (the criterion still runs per set, normalised as before).
 
@@ -21,7 +22,7 @@ panoptic pseudo-labels at the input canvas resolution through the same rule as `
 (as tensors with ``as_segments=True``, the pseudo-label path).
 """
 import itertools
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from detectron2.config import configurable
@@ -38,6 +39,7 @@ from .inference import (
     PanopticSegments, as_detectron2_panoptic, panoptic_inference, panoptic_segments, semantic_inference,
     thing_table_of, trim_segments,
 )
+from .tag_loss import tag_losses
 from .target_batch import as_mask_tensor
 from .text_classifier import TextClassifier, classifier_with_void, ensemble_class_scores
 
@@ -70,6 +72,7 @@ class DEARLi(nn.Module):
         zero_shot_enabled: bool = True,
         ensemble_alpha: float = 0.4,
         pseudo_loss_weight: float = 1.0,
+        tag_loss_weight: float = 0.0,
     ):
         super().__init__()
         self.backbone = backbone
@@ -89,6 +92,7 @@ class DEARLi(nn.Module):
         self.zero_shot_enabled = zero_shot_enabled
         self.ensemble_alpha = ensemble_alpha
         self.pseudo_loss_weight = pseudo_loss_weight
+        self.tag_loss_weight = tag_loss_weight  # 0 = no loss_tag
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
 
@@ -117,6 +121,7 @@ class DEARLi(nn.Module):
             "zero_shot_enabled": cfg.MODEL.CLIP_HEAD.ZERO_SHOT_ENABLED,
             "ensemble_alpha": cfg.MODEL.CLIP_HEAD.ENSEMBLE_ALPHA,
             "pseudo_loss_weight": cfg.SSL.PSEUDO_LOSS_WEIGHT,
+            "tag_loss_weight": cfg.SSL.IMAGE_TAGS.LOSS_WEIGHT if cfg.SSL.IMAGE_TAGS.ENABLED else 0.0,
         }
 
     @property
@@ -140,6 +145,8 @@ class DEARLi(nn.Module):
                 losses.update(set_losses)
             else:
                 losses.update({"pseudo_" + name: self.pseudo_loss_weight * value for name, value in set_losses.items()})
+                if self.tag_loss_weight:  # image tags (SSL.IMAGE_TAGS), tag_loss.py
+                    losses.update(tag_losses(set_outputs["pred_logits"], samples, self.tag_loss_weight))
         return losses
 
     def _student_outputs(self, image_tensors: List[torch.Tensor]) -> List[Dict]:
@@ -195,22 +202,26 @@ class DEARLi(nn.Module):
         object_threshold: float,
         overlap_threshold: float,
         as_segments: bool = False,
+        allowed_classes: Optional[Sequence[Optional[torch.Tensor]]] = None,
     ) -> Union[List[Tuple[torch.Tensor, List[Dict]]], List[PanopticSegments]]:
         """Panoptic predictions of raw images (uint8 [3, H, W] each, or an ImageList of raw pixel
         values) at each image's own size, with no resize back: the teacher's pseudo-labels.
 
         Returns (pan_seg, segments_info) per image, or with ``as_segments`` the tensors
         (:class:`~dearli.modeling.inference.PanopticSegments`); either way the host waits for the
-        device once per batch. Masks are upsampled in the compute dtype, one image at a time."""
+        device once per batch. Masks are upsampled in the compute dtype, one image at a time.
+        ``allowed_classes``: per image None or bool [C], the classes its queries may take (image tags)."""
         if isinstance(images, ImageList):  # re-pad: the padding must be 0 after normalisation
             images = [images.tensor[i, :, :h, :w] for i, (h, w) in enumerate(images.image_sizes)]
         images = self.preprocess_images(images)
         class_scores, mask_logits = self._scores_and_masks(images, zero_shot)
         padded_size = images.tensor.shape[-2:]
         things = thing_table_of(self.thing_ids, class_scores.shape[-1] - 1, self.device)
+        allowed_classes = allowed_classes or [None] * len(class_scores)
         segments = trim_segments([
-            panoptic_segments(scores, _upsample(masks, padded_size)[:, :h, :w], things, object_threshold, overlap_threshold)
-            for scores, masks, (h, w) in zip(class_scores, mask_logits, images.image_sizes)
+            panoptic_segments(scores, _upsample(masks, padded_size)[:, :h, :w], things, object_threshold, overlap_threshold,
+                              allowed)
+            for scores, masks, (h, w), allowed in zip(class_scores, mask_logits, images.image_sizes, allowed_classes)
         ])
         return segments if as_segments else [as_detectron2_panoptic(s) for s in segments]
 
