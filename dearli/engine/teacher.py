@@ -14,6 +14,7 @@ from ..modeling.checkpoint import DEARLiCheckpointer
 from ..modeling.weight_files import read_weight_file
 from .ema import ModelEMA, ema_decay, resolve_ema_ramp, unwrap_model
 from .pseudo_labels import PanopticLabel, build_pseudo_labeled_sample
+from .tag_teacher import TeacherTags
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class MeanTeacher:
         self.min_area = teacher_cfg.MIN_SEGMENT_AREA
         self.restrict_to_valid = cfg.MODEL.MASK_FORMER.IGNORE_PADDING
         self.with_segment_weights = cfg.MODEL.MASK_FORMER.PSEUDO_CONFIDENCE_WEIGHTING == "segment_score"
+        self.tags = TeacherTags.from_config(cfg)  # image tags (SSL.IMAGE_TAGS); None when off
         self.last_pseudo_labels = None  # PseudoLabels of the latest batch (None before the first)
         self.last_decay = None  # decay of the latest update
 
@@ -111,11 +113,15 @@ class MeanTeacher:
             return []
         partners = [i for i, s in enumerate(unlabeled) if s.get("cutmix") is not None]
         weak = [s["weak_image"] for s in unlabeled] + [unlabeled[i]["cutmix"]["weak_image"] for i in partners]
+        allowed = self.tags.allowed_classes(unlabeled, partners) if self.tags else None
         predictions = self.model.predict_panoptic(
             weak, zero_shot=self.zero_shot, object_threshold=self.object_threshold,
             overlap_threshold=self.overlap_threshold, as_segments=True,
+            **(self.tags.inference_kwargs(allowed) if self.tags else {}),
         )
         labels = [PanopticLabel(p.seg, p.classes, p.isthing, p.scores) for p in predictions]
+        if self.tags:
+            labels = self.tags.after_inference(labels, allowed)
         partner_label = dict(zip(partners, labels[len(unlabeled):]))
         samples, final_labels = [], []
         for i, sample in enumerate(unlabeled):
@@ -123,6 +129,8 @@ class MeanTeacher:
                 sample, labels[i], partner_label.get(i), min_area=self.min_area,
                 restrict_to_valid=self.restrict_to_valid, with_segment_weights=self.with_segment_weights,
             )
+            if self.tags:
+                student_sample.update(self.tags.student_fields(sample))
             samples.append(student_sample)
             final_labels.append(label)
         self.last_pseudo_labels = PseudoLabels(samples, final_labels, unlabeled, labels[: len(unlabeled)])
