@@ -1,6 +1,7 @@
 """Image-level tags, data side: the tag file reader and its errors, tags derived from ground truth
 (checked against the semantic PNGs), the fraction subset, the mapper's tag fields and the CutMix rule."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from dearli.data.datasets.tagged import DERIVED_TAGS_NOTE
 from dearli.data.image_tags import (
     TagFileError, attach_image_tags, derived_tags, keep_fraction, read_tag_file, student_tag_targets, tags_by_record,
 )
-from dearli.config import add_dearli_config
+from dearli.config import add_dearli_config, load_config
 from dearli.data.registry import MAPPER_REGISTRY
 
 CLASSES = ("circle", "square", "triangle", "star", "cross", "sky", "wall", "ground", "water")
@@ -220,3 +221,12 @@ def test_cutmix_rule_no_positive_on_boxed_samples_negatives_absent_from_both():
     assert student_tag_targets(dict(plain, cutmix={"image_tags": multi_hot(), "has_tags": False})) is None
     empty_partner = dict(plain, cutmix={"image_tags": multi_hot(), "has_tags": True})  # tags = none: all absent
     assert student_tag_targets(empty_partner)[1].tolist() == [0.0, 1.0, 0.0, 1.0, 1.0]
+
+
+# ----------------------------------------------------------------------------- configs
+def test_every_shipped_config_but_the_tags_row_keeps_tags_off():
+    configs = sorted((Path(__file__).resolve().parents[2] / "configs").rglob("*.yaml"))
+    with_tags = {p.name for p in configs if load_config(str(p)).SSL.IMAGE_TAGS.ENABLED}
+    assert with_tags == {"tiny_dear_clip_tags.yaml"}
+    cfg = load_config(str(next(p for p in configs if p.name == "tiny_dear_clip_tags.yaml")))
+    assert cfg.DATASETS.TRAIN_UNLABELED == ("dearli_shapes_train_unlabeled_tagged",) and cfg.SSL.IMAGE_TAGS.FRACTION == 0.5
