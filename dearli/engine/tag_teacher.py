@@ -50,11 +50,18 @@ class TeacherTags:
         return cls(tags.TEACHER_MODE) if tags.ENABLED else None
 
     @staticmethod
-    def allowed_classes(unlabeled: Sequence[Dict], partners: Sequence[int]) -> List[Optional[torch.Tensor]]:
+    def allowed_classes(unlabeled: Sequence[Dict], partners: Sequence[int], device=None) -> List[Optional[torch.Tensor]]:
         """Per weak image of the teacher's batch (main images, then the partners of ``partners``):
-        its tags (bool [C]) or None when it has none."""
+        its tags (bool [C], on ``device``) or None when it has none. One copy to the device."""
         views = list(unlabeled) + [unlabeled[i]["cutmix"] for i in partners]
-        return [view["image_tags"] if view.get("has_tags") else None for view in views]
+        tagged = [i for i, view in enumerate(views) if view.get("has_tags")]
+        if not tagged:
+            return [None] * len(views)
+        on_device = torch.stack([views[i]["image_tags"] for i in tagged]).to(device, non_blocking=True).unbind()
+        allowed = [None] * len(views)
+        for i, tags in zip(tagged, on_device):
+            allowed[i] = tags
+        return allowed
 
     def inference_kwargs(self, allowed: Sequence[Optional[torch.Tensor]]) -> Dict:
         """Extra arguments of ``predict_panoptic``: the allowed classes under ``restrict``."""

@@ -113,7 +113,7 @@ class MeanTeacher:
             return []
         partners = [i for i, s in enumerate(unlabeled) if s.get("cutmix") is not None]
         weak = [s["weak_image"] for s in unlabeled] + [unlabeled[i]["cutmix"]["weak_image"] for i in partners]
-        allowed = self.tags.allowed_classes(unlabeled, partners) if self.tags else None
+        allowed = self.tags.allowed_classes(unlabeled, partners, self.model.device) if self.tags else None
         predictions = self.model.predict_panoptic(
             weak, zero_shot=self.zero_shot, object_threshold=self.object_threshold,
             overlap_threshold=self.overlap_threshold, as_segments=True,

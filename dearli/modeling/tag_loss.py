@@ -8,8 +8,9 @@ layer's queries (softmax over C+1, void excluded): DecoupledNet's max pooling. P
 with targets y and term weights w from :func:`dearli.data.image_tags.student_tag_targets` (the
 CutMix rule: w = 1 on every class of an unmixed tagged image; on a mixed one only on classes absent
 from both images, y = 0). ``loss_tag`` is the mean of l over the images that carry tag targets
-(0 when none does) times the weight. The loss reads only the class logits, so its gradient
-reaches the class head and the query features, never ``mask_embed``.
+(0 when none does) times the weight; the mean is per process (DDP then averages the gradients).
+The loss reads only the class logits, so its gradient reaches the class head and the query
+features, never ``mask_embed``.
 """
 from typing import Dict, Sequence
 
