@@ -26,6 +26,7 @@ import difflib
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -83,11 +84,15 @@ def _read_text_tags(path: str, text: str) -> List[TagEntry]:
 
 
 def _read_json_tags(path: str, text: str) -> List[TagEntry]:
+    key_lines = _key_lines(text)
+
     def refuse_duplicates(pairs):
         seen = set()
         for key, _ in pairs:
             if key in seen:
-                raise TagFileError(f"{path}:{_line_of_key(text, key)}: image {key!r} is listed twice")
+                lines = key_lines.get(key, [1, 1])
+                raise TagFileError(f"{path}:{lines[min(1, len(lines) - 1)]}: image {key!r} is listed twice "
+                                   f"(first at line {lines[0]})")
             seen.add(key)
         return dict(pairs)
 
@@ -100,19 +105,27 @@ def _read_json_tags(path: str, text: str) -> List[TagEntry]:
                            f"got a {type(table).__name__}")
     entries = []
     for image, names in table.items():
-        where = f"{path}:{_line_of_key(text, image)}"
+        where = f"{path}:{key_lines.get(image, [1])[0]}"
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise TagFileError(f"{where}: the tags of {image!r} must be a list of class names, got {names!r}")
         entries.append(TagEntry(where, image, tuple(names)))
     return entries
 
 
-def _line_of_key(text: str, key: str) -> int:
-    """Line of the first occurrence of ``key`` as a JSON string (1 when not found verbatim)."""
-    position = text.find(json.dumps(key))
-    if position < 0:
-        position = text.find(json.dumps(key, ensure_ascii=False))
-    return text.count("\n", 0, position) + 1 if position >= 0 else 1
+# A JSON string followed by a colon: an object key (string values are never followed by one).
+_JSON_KEY = re.compile(r'"((?:[^"\\]|\\.)*)"\s*:')
+
+
+def _key_lines(text: str) -> Dict[str, List[int]]:
+    """{object key: the lines it appears on as a key}, in one pass over ``text`` (json itself keeps
+    no positions; a tag file of COCO's 118k images must not be rescanned per key)."""
+    lines: Dict[str, List[int]] = {}
+    line, position = 1, 0
+    for match in _JSON_KEY.finditer(text):
+        line += text.count("\n", position, match.start())
+        position = match.start()
+        lines.setdefault(json.loads(f'"{match.group(1)}"'), []).append(line)
+    return lines
 
 
 def _check_unique_images(entries: Sequence[TagEntry]) -> None:

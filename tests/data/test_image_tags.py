@@ -107,7 +107,7 @@ def test_tags_naming_an_unknown_class_or_image_are_errors_at_their_line(tmp_path
 def test_json_tag_file_errors_name_the_line(tmp_path):
     path = tmp_path / "tags.json"
     path.write_text('{\n "a.jpg": ["circle"],\n "b.jpg": ["sky"],\n "a.jpg": []\n}\n')
-    with pytest.raises(TagFileError, match=r"tags\.json:2: image 'a.jpg' is listed twice"):
+    with pytest.raises(TagFileError, match=r"tags\.json:4: image .a.jpg. is listed twice \(first at line 2\)"):
         read_tag_file(str(path))
     path.write_text('{\n "a.jpg": ["circle"],\n "b.jpg": "sky"\n}\n')
     with pytest.raises(TagFileError, match=r"tags\.json:3: the tags of 'b.jpg' must be a list of class names"):
@@ -230,3 +230,14 @@ def test_every_shipped_config_but_the_tags_row_keeps_tags_off():
     assert with_tags == {"tiny_dear_clip_tags.yaml"}
     cfg = load_config(str(next(p for p in configs if p.name == "tiny_dear_clip_tags.yaml")))
     assert cfg.DATASETS.TRAIN_UNLABELED == ("dearli_shapes_train_unlabeled_tagged",) and cfg.SSL.IMAGE_TAGS.FRACTION == 0.5
+
+
+def test_json_line_numbers_of_a_large_file_and_of_escaped_keys(tmp_path):
+    names = [f"im{i:06d}.jpg" for i in range(20_000)] + ['caf\u00e9 "x".jpg']
+    table = {name: ["circle"] for name in names}
+    table[names[-1]] = ["unknown"]
+    path = tmp_path / "tags.json"
+    path.write_text(json.dumps(table, indent=0))  # line 1 "{", then 3 lines per image: key, class, "]"
+    dicts = [{"file_name": name, "image_id": i} for i, name in enumerate(names)]
+    with pytest.raises(TagFileError, match=rf"tags\.json:{3 * (len(names) - 1) + 2}: unknown class 'unknown' for image 'caf"):
+        tags_by_record(read_tag_file(str(path)), dicts, CLASSES, "s")
