@@ -231,9 +231,11 @@ class DEARLi(nn.Module):
         return features, self.sem_seg_head(features, classifier, num_synonyms)
 
     def classifier(self) -> Tuple[torch.Tensor, List[int]]:
-        """Text classifier rows [K+1, D] on the model's device (void row last) and synonyms per class."""
+        """Text classifier rows [K+1, D] on the model's device (void row last, then any void concept
+        rows) and synonyms per class."""
         rows, num_synonyms = self.text_classifier(self.backbone)
-        return classifier_with_void(rows.to(self.device), self.void_embedding.weight), num_synonyms
+        void_concepts = self.text_classifier.void_concept_rows(self.backbone)
+        return classifier_with_void(rows.to(self.device), self.void_embedding.weight, void_concepts), num_synonyms
 
     def _scores_and_masks(self, images: ImageList, zero_shot: bool):
         """Class scores [B, Q, C+1] (the zero-shot ensemble's log-probabilities when ``zero_shot``)
