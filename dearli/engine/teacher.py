@@ -8,9 +8,11 @@ import logging
 from typing import Dict, List, NamedTuple
 
 import torch
+from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from ..modeling.checkpoint import DEARLiCheckpointer
+from ..modeling.dense_guidance import DenseCLIPGuidance
 from ..modeling.weight_files import read_weight_file
 from .ema import ModelEMA, ema_decay, resolve_ema_ramp, unwrap_model
 from .pseudo_labels import PanopticLabel, build_pseudo_labeled_sample
@@ -89,6 +91,8 @@ class MeanTeacher:
         self.min_area = teacher_cfg.MIN_SEGMENT_AREA
         self.restrict_to_valid = cfg.MODEL.MASK_FORMER.IGNORE_PADDING
         self.with_segment_weights = cfg.MODEL.MASK_FORMER.PSEUDO_CONFIDENCE_WEIGHTING == "segment_score"
+        # SemiVL dense CLIP guidance (SSL.DENSE_CLIP_GUIDANCE): None = off, nothing computed.
+        self.dense_clip = DenseCLIPGuidance(cfg) if cfg.SSL.DENSE_CLIP_GUIDANCE.ENABLED else None
         self.last_pseudo_labels = None  # PseudoLabels of the latest batch (None before the first)
         self.last_decay = None  # decay of the latest update
 
@@ -111,10 +115,13 @@ class MeanTeacher:
             return []
         partners = [i for i, s in enumerate(unlabeled) if s.get("cutmix") is not None]
         weak = [s["weak_image"] for s in unlabeled] + [unlabeled[i]["cutmix"]["weak_image"] for i in partners]
+        dense = {} if self.dense_clip is None else {"dense_clip": self.dense_clip}  # off: today's call
         predictions = self.model.predict_panoptic(
             weak, zero_shot=self.zero_shot, object_threshold=self.object_threshold,
-            overlap_threshold=self.overlap_threshold, as_segments=True,
+            overlap_threshold=self.overlap_threshold, as_segments=True, **dense,
         )
+        if self.dense_clip is not None:
+            predictions, dense_labels = predictions
         labels = [PanopticLabel(p.seg, p.classes, p.isthing, p.scores) for p in predictions]
         partner_label = dict(zip(partners, labels[len(unlabeled):]))
         samples, final_labels = [], []
@@ -125,6 +132,8 @@ class MeanTeacher:
             )
             samples.append(student_sample)
             final_labels.append(label)
+        if self.dense_clip is not None:  # the step's iteration, as Detectron2's trainer records it
+            self.dense_clip.attach(samples, unlabeled, dense_labels, partners, get_event_storage().iter)
         self.last_pseudo_labels = PseudoLabels(samples, final_labels, unlabeled, labels[: len(unlabeled)])
         return samples
 

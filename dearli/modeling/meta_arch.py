@@ -34,6 +34,7 @@ from torch.nn import functional as F
 
 from . import backbone as _backbone  # noqa: F401  (registers OpenCLIPBackbone)
 from .criterion import SetCriterion
+from .dense_guidance import dense_guidance_losses
 from .inference import (
     PanopticSegments, as_detectron2_panoptic, panoptic_inference, panoptic_segments, semantic_inference,
     thing_table_of, trim_segments,
@@ -140,6 +141,7 @@ class DEARLi(nn.Module):
                 losses.update(set_losses)
             else:
                 losses.update({"pseudo_" + name: self.pseudo_loss_weight * value for name, value in set_losses.items()})
+                losses.update(dense_guidance_losses(set_outputs, samples))  # {} unless the teacher labelled them
         return losses
 
     def _student_outputs(self, image_tensors: List[torch.Tensor]) -> List[Dict]:
@@ -195,24 +197,35 @@ class DEARLi(nn.Module):
         object_threshold: float,
         overlap_threshold: float,
         as_segments: bool = False,
+        dense_clip=None,
     ) -> Union[List[Tuple[torch.Tensor, List[Dict]]], List[PanopticSegments]]:
         """Panoptic predictions of raw images (uint8 [3, H, W] each, or an ImageList of raw pixel
         values) at each image's own size, with no resize back: the teacher's pseudo-labels.
 
         Returns (pan_seg, segments_info) per image, or with ``as_segments`` the tensors
         (:class:`~dearli.modeling.inference.PanopticSegments`); either way the host waits for the
-        device once per batch. Masks are upsampled in the compute dtype, one image at a time."""
+        device once per batch. Masks are upsampled in the compute dtype, one image at a time.
+
+        With ``dense_clip`` (a :class:`~dearli.modeling.dense_guidance.DenseCLIPGuidance`), returns
+        (predictions, its labels [B, H/4, W/4] from this forward's dense CLIP features)."""
         if isinstance(images, ImageList):  # re-pad: the padding must be 0 after normalisation
             images = [images.tensor[i, :, :h, :w] for i, (h, w) in enumerate(images.image_sizes)]
         images = self.preprocess_images(images)
-        class_scores, mask_logits = self._scores_and_masks(images, zero_shot)
+        if dense_clip is None:
+            class_scores, mask_logits = self._scores_and_masks(images, zero_shot)
+        else:  # the same forward, whose dense CLIP features also give the guidance labels
+            features, class_scores, mask_logits = self._features_scores_and_masks(images, zero_shot)
+            dense_labels = dense_clip.labels(self.backbone, features["clip_vis_dense"], *self.classifier(),
+                                             mask_logits.shape[-2:])
+            del features
         padded_size = images.tensor.shape[-2:]
         things = thing_table_of(self.thing_ids, class_scores.shape[-1] - 1, self.device)
         segments = trim_segments([
             panoptic_segments(scores, _upsample(masks, padded_size)[:, :h, :w], things, object_threshold, overlap_threshold)
             for scores, masks, (h, w) in zip(class_scores, mask_logits, images.image_sizes)
         ])
-        return segments if as_segments else [as_detectron2_panoptic(s) for s in segments]
+        predictions = segments if as_segments else [as_detectron2_panoptic(s) for s in segments]
+        return predictions if dense_clip is None else (predictions, dense_labels)
 
     # ---- pieces -------------------------------------------------------------------------------
 
@@ -241,13 +254,17 @@ class DEARLi(nn.Module):
         """Class scores [B, Q, C+1] (the zero-shot ensemble's log-probabilities when ``zero_shot``)
         and the stride-4 mask logits [B, Q, H/4, W/4]; masks are upsampled one image at a time
         (a batch of 200 full-size mask maps would take gigabytes)."""
+        return self._features_scores_and_masks(images, zero_shot)[1:]
+
+    def _features_scores_and_masks(self, images: ImageList, zero_shot: bool):
+        """(backbone features, class scores, mask logits) of one forward (see _scores_and_masks)."""
         features, outputs = self.predict_raw(images.tensor)
         class_scores = outputs["pred_logits"]
         if zero_shot:
             class_scores = ensemble_class_scores(
                 self.backbone, features, outputs, *self.classifier(), self.ensemble_alpha
             )
-        return class_scores, outputs["pred_masks"]
+        return features, class_scores, outputs["pred_masks"]
 
     def prepare_targets(self, samples: List[Dict], padded_size) -> List[Dict]:
         """Criterion targets with masks (and valid areas) padded to the batch canvas. They stay where
