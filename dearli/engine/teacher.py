@@ -8,11 +8,10 @@ import logging
 from typing import Dict, List, NamedTuple
 
 import torch
-from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from ..modeling.checkpoint import DEARLiCheckpointer
-from ..modeling.dense_guidance import DenseCLIPGuidance
+from ..modeling.dense_guidance import DenseCLIPGuidance, training_iteration
 from ..modeling.weight_files import read_weight_file
 from .ema import ModelEMA, ema_decay, resolve_ema_ramp, unwrap_model
 from .pseudo_labels import PanopticLabel, build_pseudo_labeled_sample
@@ -132,8 +131,8 @@ class MeanTeacher:
             )
             samples.append(student_sample)
             final_labels.append(label)
-        if self.dense_clip is not None:  # the step's iteration, as Detectron2's trainer records it
-            self.dense_clip.attach(samples, unlabeled, dense_labels, partners, get_event_storage().iter)
+        if self.dense_clip is not None:  # weighted by the running step's iteration
+            self.dense_clip.attach(samples, unlabeled, dense_labels, partners, training_iteration())
         self.last_pseudo_labels = PseudoLabels(samples, final_labels, unlabeled, labels[: len(unlabeled)])
         return samples
 

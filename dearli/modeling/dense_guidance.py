@@ -18,10 +18,11 @@ normalised over c; loss = NLL of the labels summed over non-ignored pixels / ALL
 lambda(t) = WEIGHT * (1 - t / SOLVER.MAX_ITER) (constant WEIGHT with DECAY off). Labels are integer
 maps made under no_grad: no gradient reaches the teacher or the frozen backbone.
 """
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from detectron2.config import configurable
+from detectron2.utils.events import get_event_storage
 from torch.nn import functional as F
 
 from dearli.data.datasets.metadata import IGNORE_LABEL
@@ -94,10 +95,14 @@ def dense_guidance_losses(outputs: Dict, samples: List[Dict]) -> Dict[str, torch
         return {}
     if not all(carrying):
         raise ValueError("dense CLIP guidance: some pseudo-labeled samples carry 'dense_clip_label' and others do not")
+    weight = samples[0]["dense_clip_weight"]
+    if weight is None:
+        raise ValueError("dense CLIP labels made outside a training step (no iteration, no weight) reached the loss")
     device = outputs["pred_masks"].device
     labels = torch.stack([sample["dense_clip_label"] for sample in samples]).to(device, non_blocking=True)
-    semantic = semantic_probabilities(outputs["pred_logits"], outputs["pred_masks"])
-    return {LOSS_NAME: samples[0]["dense_clip_weight"] * dense_guidance_loss(semantic, labels)}
+    with torch.autocast(device_type=device.type, enabled=False):  # float32: sums over queries, logs
+        semantic = semantic_probabilities(outputs["pred_logits"], outputs["pred_masks"])
+        return {LOSS_NAME: weight * dense_guidance_loss(semantic, labels)}
 
 
 class DenseCLIPGuidance:
@@ -120,8 +125,11 @@ class DenseCLIPGuidance:
         return {"threshold": guidance.THRESHOLD, "weight": guidance.WEIGHT, "decay": guidance.DECAY,
                 "max_iter": cfg.SOLVER.MAX_ITER}
 
-    def weight_at(self, iteration: int) -> float:
-        """lambda(t) = WEIGHT * (1 - t / T), T = SOLVER.MAX_ITER (clamped at 0); WEIGHT without DECAY."""
+    def weight_at(self, iteration: Optional[int]) -> Optional[float]:
+        """lambda(t) = WEIGHT * (1 - t / T), T = SOLVER.MAX_ITER (clamped at 0); WEIGHT without DECAY;
+        None outside training (``iteration`` None: pictures, benchmarks; no loss is computed there)."""
+        if iteration is None:
+            return None
         if not self.decay:
             return self.weight
         return self.weight * max(0.0, 1.0 - iteration / self.max_iter)
@@ -131,10 +139,11 @@ class DenseCLIPGuidance:
                num_synonyms: Sequence[int], grid_size) -> torch.Tensor:
         """Labels int64 [B, h, w] on the masks' stride-4 ``grid_size`` of one teacher forward."""
         logits = dense_clip_logits(backbone, clip_dense, text_classifier, num_synonyms)
-        return labels_from_logits(logits, grid_size, self.threshold)
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            return labels_from_logits(logits, grid_size, self.threshold)
 
     def attach(self, samples: List[Dict], unlabeled: List[Dict], labels: torch.Tensor,
-               partners: List[int], iteration: int) -> None:
+               partners: List[int], iteration: Optional[int]) -> None:
         """Add ``dense_clip_label`` and ``dense_clip_weight`` to each student sample. ``labels`` holds
         the weak views of ``unlabeled``, then those of the CutMix partners of ``partners``."""
         grid = tuple(labels.shape[-2:])
@@ -148,6 +157,15 @@ class DenseCLIPGuidance:
                 label = torch.where(box, _restricted(partner_labels[index], cutmix["valid_mask"], grid), label)
             sample["dense_clip_label"] = label
             sample["dense_clip_weight"] = weight
+
+
+def training_iteration() -> Optional[int]:
+    """The iteration of the running training step (Detectron2's trainer sets it on its EventStorage
+    before each step), or None outside training (no EventStorage open)."""
+    try:
+        return get_event_storage().iter
+    except AssertionError:  # detectron2 asserts that a storage is open
+        return None
 
 
 def _restricted(label: torch.Tensor, valid: torch.Tensor, grid) -> torch.Tensor:

@@ -59,3 +59,9 @@ def test_on_adds_the_weighted_loss_without_an_extra_backbone_pass_or_teacher_gra
     teacher, backbone = trainer.teacher.model, trainer.model.backbone
     assert all(not p.requires_grad and p.grad is None for p in teacher.parameters())
     assert all(not p.requires_grad and p.grad is None for p in backbone.parameters())
+
+    # Outside a training step (pictures, benchmarks) the labels come without a weight, and the loss refuses them.
+    outside = trainer.teacher.pseudo_label(trainer._trainer._next_batch()["unlabeled"])
+    assert [s["dense_clip_weight"] for s in outside] == [None, None]
+    with pytest.raises(ValueError, match="outside a training step"):
+        dg.dense_guidance_losses({"pred_logits": torch.zeros(2, 1, 10), "pred_masks": torch.zeros(2, 1, 16, 16)}, outside)

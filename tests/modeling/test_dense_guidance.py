@@ -128,6 +128,7 @@ def test_weight_schedule():
     assert schedule.weight_at(0) == 0.2 and schedule.weight_at(100) == 0.0
     assert schedule.weight_at(50) == pytest.approx(0.1) and schedule.weight_at(150) == 0.0
     assert guidance(weight=0.2, decay=False).weight_at(100) == 0.2
+    assert schedule.weight_at(None) is None  # outside training
     with pytest.raises(ValueError, match=r"THRESHOLD must lie in \[0, 1\], got 1.5"):
         guidance(threshold=1.5)
     with pytest.raises(ValueError, match="WEIGHT must be >= 0, got -0.1"):
@@ -183,3 +184,16 @@ def test_gradient_reaches_the_student_outputs_only():
     loss[dg.LOSS_NAME].backward()
     assert features.grad is None
     assert outputs["pred_logits"].grad.abs().sum() > 0 and outputs["pred_masks"].grad.abs().sum() > 0
+
+
+def test_labels_and_loss_are_float32_under_bf16_autocast():
+    rows, classifier = text_rows()
+    features = dense_features([[rows[0].tolist(), rows[2].tolist()]])
+    outputs = student_outputs((8, 16), seed=5)
+    labels = guidance().labels(IdentityHead(), features, classifier, [1] * 3, (8, 16))
+    samples = [{"dense_clip_label": labels[0], "dense_clip_weight": 1.0}]
+    plain = dg.dense_guidance_losses(outputs, samples)[dg.LOSS_NAME]
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        assert torch.equal(guidance().labels(IdentityHead(), features, classifier, [1] * 3, (8, 16)), labels)
+        mixed = dg.dense_guidance_losses(outputs, samples)[dg.LOSS_NAME]
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, plain)
