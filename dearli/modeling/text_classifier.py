@@ -196,8 +196,7 @@ def text_classifier_logits(
 
 
 def check_text_classifier(text_classifier: torch.Tensor, num_synonyms: Sequence[int], embed_dim: int):
-    # More rows than K + 1 are void concept rows (class definitions).
-    expected = (int(sum(num_synonyms)) + 1, embed_dim)
+    expected = (int(sum(num_synonyms)) + 1, embed_dim)  # more rows: void concept rows (class definitions)
     if text_classifier.dim() != 2 or text_classifier.shape[0] < expected[0] or text_classifier.shape[1] != embed_dim:
         raise ValueError(
             f"text_classifier has shape {list(text_classifier.shape)}; expected {list(expected)} = "

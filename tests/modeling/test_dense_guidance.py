@@ -66,7 +66,10 @@ def student_outputs(grid, queries=4, seed=0):
 
 def test_features_equal_to_the_gt_text_embedding_give_the_downsampled_gt_and_its_nll():
     rows, classifier = text_rows()
-    gt_cells = torch.tensor([[0, 1, 2], [0, 1, 2]])  # stride-32 cells of a 64 x 96 canvas
+    # Stride-32 cells of a 64 x 96 canvas, in vertical stripes: the argmax of bilinearly interpolated
+    # one-hot logits is the nearest cell's class unless two neighbours of another class outvote it,
+    # which stripes rule out; so the stride-4 labels are the GT cells repeated 8 x 8.
+    gt_cells = torch.tensor([[0, 1, 2], [0, 1, 2]])
     features = dense_features([[rows[c].tolist() for c in row] for row in gt_cells.tolist()])
     labels = guidance().labels(IdentityHead(), features, classifier, [1] * NUM_CLASSES, (16, 24))
     gt_at_stride4 = gt_cells.repeat_interleave(8, 0).repeat_interleave(8, 1)
