@@ -90,8 +90,10 @@ class MeanTeacher:
         self.min_area = teacher_cfg.MIN_SEGMENT_AREA
         self.restrict_to_valid = cfg.MODEL.MASK_FORMER.IGNORE_PADDING
         self.with_segment_weights = cfg.MODEL.MASK_FORMER.PSEUDO_CONFIDENCE_WEIGHTING == "segment_score"
-        # SemiVL dense CLIP guidance (SSL.DENSE_CLIP_GUIDANCE): None = off, nothing computed.
-        self.dense_clip = DenseCLIPGuidance(cfg) if cfg.SSL.DENSE_CLIP_GUIDANCE.ENABLED else None
+        # SemiVL dense CLIP guidance (SSL.DENSE_CLIP_GUIDANCE): None = off, nothing computed. A loss
+        # on pseudo-labeled images, so a supervised-only run (SSL off, e.g. a protocol stage) ignores it.
+        guided = cfg.SSL.DENSE_CLIP_GUIDANCE.ENABLED and cfg.SSL.ENABLED
+        self.dense_clip = DenseCLIPGuidance(cfg) if guided else None
         self.last_pseudo_labels = None  # PseudoLabels of the latest batch (None before the first)
         self.last_decay = None  # decay of the latest update
 

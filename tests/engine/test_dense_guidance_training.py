@@ -29,13 +29,17 @@ def record_backbone_passes(trainer):
     return passes
 
 
-def test_off_computes_nothing(tmp_path, monkeypatch):
+@pytest.mark.parametrize("guided, semi_supervised", [(False, True), (True, False)])
+def test_off_computes_nothing(tmp_path, monkeypatch, guided, semi_supervised):
+    """Option off, or on in a supervised-only run (e.g. a protocol stage): nothing is computed."""
     calls = count_calls(monkeypatch)
-    trainer = train(engine_cfg(tmp_path, **{"SOLVER.MAX_ITER": 1}))
+    trainer = train(engine_cfg(tmp_path, **{"SOLVER.MAX_ITER": 1, "SSL.ENABLED": semi_supervised,
+                                            "SSL.DENSE_CLIP_GUIDANCE.ENABLED": guided}))
     assert trainer.teacher.dense_clip is None
     assert calls == {"dense_clip_logits": 0, "semantic_probabilities": 0}
-    assert "loss_dense_clip" not in trainer.storage.latest()
-    assert all("dense_clip_label" not in s for s in trainer.teacher.last_pseudo_labels.samples)
+    assert "loss_dense_clip" not in trainer.storage.latest() and "loss_ce" in trainer.storage.latest()
+    if semi_supervised:
+        assert all("dense_clip_label" not in s for s in trainer.teacher.last_pseudo_labels.samples)
 
 
 def test_on_adds_the_weighted_loss_without_an_extra_backbone_pass_or_teacher_gradient(tmp_path, monkeypatch):

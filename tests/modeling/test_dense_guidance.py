@@ -138,6 +138,14 @@ def test_weight_schedule():
         guidance(weight=-0.1)
 
 
+def test_from_config():
+    from helpers.tiny import tiny_cfg
+
+    schedule = dg.DenseCLIPGuidance(tiny_cfg(**{"SSL.DENSE_CLIP_GUIDANCE.ENABLED": True, "SOLVER.MAX_ITER": 40,
+                                                "SSL.DENSE_CLIP_GUIDANCE.WEIGHT": 0.2}))
+    assert (schedule.threshold, schedule.weight, schedule.decay, schedule.max_iter) == (0.9, 0.2, True, 40)
+
+
 def test_to_grid_samples_cell_centres_and_pads():
     mask = torch.zeros(7, 8, dtype=torch.bool)
     mask[2, 6] = True  # centre of cell (0, 1)
