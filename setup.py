@@ -12,7 +12,7 @@ setup(
     description="DEARLi: semi-supervised panoptic segmentation with CLIP and SAM, on Detectron2",
     python_requires=">=3.10",
     packages=find_packages(include=("dearli", "dearli.*")),
-    package_data={"dearli": ["data/prompts/*.txt", "modeling/backbone/model_configs/*.json",
+    package_data={"dearli": ["data/prompts/*.txt", "data/definitions/*.txt", "modeling/backbone/model_configs/*.json",
                             "weights/*.safetensors", "weights/*.json"]},
     install_requires=[
         "torch>=2.1",

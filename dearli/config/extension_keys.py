@@ -10,6 +10,8 @@ def add_extension_config(cfg):
     """Add the extensions' keys (all disabled by default) to ``cfg``; called by ``add_dearli_config``."""
     _add_sam_refine_config(cfg)
     _add_image_tags_config(cfg)
+    _add_class_definitions_config(cfg)
+    _add_dense_guidance_config(cfg)
     return cfg
 
 
@@ -81,3 +83,33 @@ def _add_image_tags_config(cfg):
     # Weight of the student's multi-label tag loss loss_tag (BCE on max-over-queries class
     # probabilities); 0 = no tag loss.
     cfg.SSL.IMAGE_TAGS.LOSS_WEIGHT = 1.0
+
+
+def _add_class_definitions_config(cfg):
+    """SemiVL's class definitions (extensions.md §3.4a); read by
+    ``dearli.modeling.class_definitions.class_text_from_config``. Needs cfg.MODEL.CLIP_HEAD."""
+    # A definitions file in dearli/data/definitions (ade20k_150, coco_panoptic, camvid, shapes) or a
+    # .txt path: per class a list of concepts appended to its synonyms. Empty = off (the reference
+    # classifier). Needs CLASS_EMBEDDING "text".
+    cfg.MODEL.CLIP_HEAD.CLASS_DEFINITIONS = ""
+    # Reduction over a class's synonym/concept rows: "max" (the reference's max over synonyms) or
+    # "mean" (SemiVL's conceptavg: one row per class, the normalised mean of its rows).
+    cfg.MODEL.CLIP_HEAD.CONCEPT_AGGREGATION = "max"
+    # Void concepts of the definitions file's "void:" line: the void logit becomes
+    # max(learned void logit, s * max_k cos(embedding, void concept k)). Off by default.
+    cfg.MODEL.CLIP_HEAD.VOID_CONCEPTS = False
+
+
+def _add_dense_guidance_config(cfg):
+    """SemiVL's dense CLIP guidance (extensions.md §3.4b): a per-pixel loss on the unlabeled images
+    against the zero-shot labels of the teacher's own dense CLIP features; read by
+    ``dearli.modeling.dense_guidance.DenseCLIPGuidance.from_config``. Needs cfg.SSL."""
+    cfg.SSL.DENSE_CLIP_GUIDANCE = CN()
+    # Off by default (and ignored with SSL.ENABLED off): nothing is computed, the reference's losses.
+    cfg.SSL.DENSE_CLIP_GUIDANCE.ENABLED = False
+    # Pixels whose CLIP softmax maximum (over the C classes) is below this are ignored (SemiVL: 0.9).
+    cfg.SSL.DENSE_CLIP_GUIDANCE.THRESHOLD = 0.9
+    # Loss weight lambda0 at iteration 0 (extensions.md suggests 0.1 or 0.2; ablate it).
+    cfg.SSL.DENSE_CLIP_GUIDANCE.WEIGHT = 0.1
+    # True: lambda(t) = WEIGHT * (1 - t / SOLVER.MAX_ITER) (SemiVL's linear decay); False: constant.
+    cfg.SSL.DENSE_CLIP_GUIDANCE.DECAY = True

@@ -11,14 +11,14 @@ PROMPT_FILE_ID_OFFSET = {"ade20k_150": 1}
 SINGLE_TEMPLATE = "a photo of a {}."
 
 
-def prompt_file_path(name):
-    """Path of a prompt file given its name in dearli/data/prompts (``ade20k_150``) or a path."""
+def prompt_file_path(name, directory=PROMPTS_DIR, what="prompt file"):
+    """Path of a shipped text file given its name in ``directory`` (``ade20k_150``) or a path."""
     path = Path(name)
     if path.suffix != ".txt":
-        path = PROMPTS_DIR / f"{name}.txt"
+        path = Path(directory) / f"{name}.txt"
     if not path.is_file():
-        available = sorted(p.stem for p in PROMPTS_DIR.glob("*.txt"))
-        raise FileNotFoundError(f"prompt file {str(path)!r} not found; shipped files: {available}")
+        available = sorted(p.stem for p in Path(directory).glob("*.txt"))
+        raise FileNotFoundError(f"{what} {str(path)!r} not found; shipped files: {available}")
     return path
 
 

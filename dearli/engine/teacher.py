@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..modeling.checkpoint import DEARLiCheckpointer
+from ..modeling.dense_guidance import DenseCLIPGuidance, training_iteration
 from ..modeling.weight_files import read_weight_file
 from .ema import ModelEMA, ema_decay, resolve_ema_ramp, unwrap_model
 from .pseudo_labels import PanopticLabel, build_pseudo_labeled_sample
@@ -91,6 +92,10 @@ class MeanTeacher:
         self.restrict_to_valid = cfg.MODEL.MASK_FORMER.IGNORE_PADDING
         self.with_segment_weights = cfg.MODEL.MASK_FORMER.PSEUDO_CONFIDENCE_WEIGHTING == "segment_score"
         self.tags = TeacherTags.from_config(cfg)  # image tags (SSL.IMAGE_TAGS); None when off
+        # SemiVL dense CLIP guidance (SSL.DENSE_CLIP_GUIDANCE): None = off, nothing computed. A loss
+        # on pseudo-labeled images, so a supervised-only run (SSL off, e.g. a protocol stage) ignores it.
+        guided = cfg.SSL.DENSE_CLIP_GUIDANCE.ENABLED and cfg.SSL.ENABLED
+        self.dense_clip = DenseCLIPGuidance(cfg) if guided else None
         self.last_pseudo_labels = None  # PseudoLabels of the latest batch (None before the first)
         self.last_decay = None  # decay of the latest update
 
@@ -114,11 +119,15 @@ class MeanTeacher:
         partners = [i for i, s in enumerate(unlabeled) if s.get("cutmix") is not None]
         weak = [s["weak_image"] for s in unlabeled] + [unlabeled[i]["cutmix"]["weak_image"] for i in partners]
         allowed = self.tags.allowed_classes(unlabeled, partners, self.model.device) if self.tags else None
+        optional = {} if self.dense_clip is None else {"dense_clip": self.dense_clip}  # off: today's call
+        if self.tags:
+            optional.update(self.tags.inference_kwargs(allowed))
         predictions = self.model.predict_panoptic(
             weak, zero_shot=self.zero_shot, object_threshold=self.object_threshold,
-            overlap_threshold=self.overlap_threshold, as_segments=True,
-            **(self.tags.inference_kwargs(allowed) if self.tags else {}),
+            overlap_threshold=self.overlap_threshold, as_segments=True, **optional,
         )
+        if self.dense_clip is not None:
+            predictions, dense_labels = predictions
         labels = [PanopticLabel(p.seg, p.classes, p.isthing, p.scores) for p in predictions]
         if self.tags:
             labels = self.tags.after_inference(labels, allowed)
@@ -133,6 +142,8 @@ class MeanTeacher:
                 student_sample.update(self.tags.student_fields(sample))
             samples.append(student_sample)
             final_labels.append(label)
+        if self.dense_clip is not None:  # weighted by the running step's iteration
+            self.dense_clip.attach(samples, unlabeled, dense_labels, partners, training_iteration())
         self.last_pseudo_labels = PseudoLabels(samples, final_labels, unlabeled, labels[: len(unlabeled)])
         return samples
 

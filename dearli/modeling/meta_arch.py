@@ -35,6 +35,7 @@ from torch.nn import functional as F
 
 from . import backbone as _backbone  # noqa: F401  (registers OpenCLIPBackbone)
 from .criterion import SetCriterion
+from .dense_guidance import dense_guidance_losses
 from .inference import (
     PanopticSegments, as_detectron2_panoptic, panoptic_inference, panoptic_segments, semantic_inference,
     thing_table_of, trim_segments,
@@ -147,6 +148,7 @@ class DEARLi(nn.Module):
                 losses.update({"pseudo_" + name: self.pseudo_loss_weight * value for name, value in set_losses.items()})
                 if self.tag_loss_weight:  # image tags (SSL.IMAGE_TAGS), tag_loss.py
                     losses.update(tag_losses(set_outputs["pred_logits"], samples, self.tag_loss_weight))
+                losses.update(dense_guidance_losses(set_outputs, samples))  # {} unless the teacher labelled them
         return losses
 
     def _student_outputs(self, image_tensors: List[torch.Tensor]) -> List[Dict]:
@@ -203,6 +205,7 @@ class DEARLi(nn.Module):
         overlap_threshold: float,
         as_segments: bool = False,
         allowed_classes: Optional[Sequence[Optional[torch.Tensor]]] = None,
+        dense_clip=None,
     ) -> Union[List[Tuple[torch.Tensor, List[Dict]]], List[PanopticSegments]]:
         """Panoptic predictions of raw images (uint8 [3, H, W] each, or an ImageList of raw pixel
         values) at each image's own size, with no resize back: the teacher's pseudo-labels.
@@ -210,11 +213,20 @@ class DEARLi(nn.Module):
         Returns (pan_seg, segments_info) per image, or with ``as_segments`` the tensors
         (:class:`~dearli.modeling.inference.PanopticSegments`); either way the host waits for the
         device once per batch. Masks are upsampled in the compute dtype, one image at a time.
-        ``allowed_classes``: per image None or bool [C], the classes its queries may take (image tags)."""
+        ``allowed_classes``: per image None or bool [C], the classes its queries may take (image tags).
+
+        With ``dense_clip`` (a :class:`~dearli.modeling.dense_guidance.DenseCLIPGuidance`), returns
+        (predictions, its labels [B, H/4, W/4] from this forward's dense CLIP features)."""
         if isinstance(images, ImageList):  # re-pad: the padding must be 0 after normalisation
             images = [images.tensor[i, :, :h, :w] for i, (h, w) in enumerate(images.image_sizes)]
         images = self.preprocess_images(images)
-        class_scores, mask_logits = self._scores_and_masks(images, zero_shot)
+        if dense_clip is None:
+            class_scores, mask_logits = self._scores_and_masks(images, zero_shot)
+        else:  # the same forward, whose dense CLIP features also give the guidance labels
+            features, class_scores, mask_logits = self._features_scores_and_masks(images, zero_shot)
+            dense_labels = dense_clip.labels(self.backbone, features["clip_vis_dense"], *self.classifier(),
+                                             mask_logits.shape[-2:])
+            del features
         padded_size = images.tensor.shape[-2:]
         things = thing_table_of(self.thing_ids, class_scores.shape[-1] - 1, self.device)
         allowed_classes = allowed_classes or [None] * len(class_scores)
@@ -223,7 +235,8 @@ class DEARLi(nn.Module):
                               allowed)
             for scores, masks, (h, w), allowed in zip(class_scores, mask_logits, images.image_sizes, allowed_classes)
         ])
-        return segments if as_segments else [as_detectron2_panoptic(s) for s in segments]
+        predictions = segments if as_segments else [as_detectron2_panoptic(s) for s in segments]
+        return predictions if dense_clip is None else (predictions, dense_labels)
 
     # ---- pieces -------------------------------------------------------------------------------
 
@@ -242,21 +255,27 @@ class DEARLi(nn.Module):
         return features, self.sem_seg_head(features, classifier, num_synonyms)
 
     def classifier(self) -> Tuple[torch.Tensor, List[int]]:
-        """Text classifier rows [K+1, D] on the model's device (void row last) and synonyms per class."""
+        """Text classifier rows [K+1, D] on the model's device (void row last, then any void concept
+        rows) and synonyms per class."""
         rows, num_synonyms = self.text_classifier(self.backbone)
-        return classifier_with_void(rows.to(self.device), self.void_embedding.weight), num_synonyms
+        void_concepts = self.text_classifier.void_concept_rows(self.backbone)
+        return classifier_with_void(rows.to(self.device), self.void_embedding.weight, void_concepts), num_synonyms
 
     def _scores_and_masks(self, images: ImageList, zero_shot: bool):
         """Class scores [B, Q, C+1] (the zero-shot ensemble's log-probabilities when ``zero_shot``)
         and the stride-4 mask logits [B, Q, H/4, W/4]; masks are upsampled one image at a time
         (a batch of 200 full-size mask maps would take gigabytes)."""
+        return self._features_scores_and_masks(images, zero_shot)[1:]
+
+    def _features_scores_and_masks(self, images: ImageList, zero_shot: bool):
+        """(backbone features, class scores, mask logits) of one forward (see _scores_and_masks)."""
         features, outputs = self.predict_raw(images.tensor)
         class_scores = outputs["pred_logits"]
         if zero_shot:
             class_scores = ensemble_class_scores(
                 self.backbone, features, outputs, *self.classifier(), self.ensemble_alpha
             )
-        return class_scores, outputs["pred_masks"]
+        return features, class_scores, outputs["pred_masks"]
 
     def prepare_targets(self, samples: List[Dict], padded_size) -> List[Dict]:
         """Criterion targets with masks (and valid areas) padded to the batch canvas. They stay where

@@ -14,7 +14,7 @@ Encoding the ADE20K classifier (403 synonyms x 14 templates) takes minutes on a 
 cached in memory for the process (student and teacher share one copy) and on disk under
 ``MODEL.CLIP_HEAD.CACHE_DIR`` (default ``$DEARLI_CACHE/text_classifiers`` or
 ``~/.cache/dearli/text_classifiers``). The cache key is (CLIP model name, weight fingerprint, class
-synonyms, templates); any change gives a new key, hence a new file.
+synonyms, templates, class definitions file's sha256 if any); any change gives a new key and file.
 """
 import hashlib
 import json
@@ -30,6 +30,8 @@ from detectron2.data import MetadataCatalog
 
 from dearli.data.class_prompts import load_templates, read_prompt_file
 from dearli.utils.atomic_io import atomic_write
+
+from .class_definitions import aggregate_concepts, class_text_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -92,10 +94,8 @@ def _synonyms_by_dataset_id(metadata, prompt_file):
 
 def check_class_count(class_synonyms, num_classes, dataset_name):
     if len(class_synonyms) != num_classes:
-        raise ValueError(
-            f"MODEL.SEM_SEG_HEAD.NUM_CLASSES={num_classes} but dataset {dataset_name!r} has "
-            f"{len(class_synonyms)} classes in its metadata / prompt file"
-        )
+        raise ValueError(f"MODEL.SEM_SEG_HEAD.NUM_CLASSES={num_classes} but dataset {dataset_name!r} has "
+                         f"{len(class_synonyms)} classes in its metadata / prompt file")
 
 
 # ---- embeddings ---------------------------------------------------------------------------------
@@ -129,13 +129,16 @@ def orthogonal_class_embedding(num_classes, embed_dim, seed=ORTHOGONAL_EMBEDDING
     return orthonormal_columns.T.contiguous().float(), [1] * num_classes
 
 
-def classifier_with_void(text_rows, void_weight):
-    """Append the L2-normalised void embedding [1,D] as the last row of the classifier [K+1,D]."""
+def classifier_with_void(text_rows, void_weight, void_concept_rows=None):
+    """Append the L2-normalised void embedding [1,D] as the last row of the classifier [K+1,D], or,
+    with void concepts (class definitions), that row then the concepts' rows [V,D]: [K+1+V,D]."""
     if void_weight.shape != (1, text_rows.shape[-1]):
         raise ValueError(f"void embedding must be [1, {text_rows.shape[-1]}], "
                          f"got {tuple(void_weight.shape)}")
-    void_row = F.normalize(void_weight, dim=-1).to(text_rows.dtype)
-    return torch.cat([text_rows, void_row], dim=0)
+    void_rows = [F.normalize(void_weight, dim=-1).to(text_rows.dtype)]
+    if void_concept_rows is not None:
+        void_rows.append(void_concept_rows.to(text_rows.device, text_rows.dtype))
+    return torch.cat([text_rows, *void_rows], dim=0)
 
 
 # ---- logits: cosine to the classifier rows, max over each class's synonyms ----------------------
@@ -149,14 +152,18 @@ def synonym_class_index(num_synonyms: Sequence[int], device) -> torch.Tensor:
 
 
 def max_over_synonyms(row_logits: torch.Tensor, class_of_row: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """[..., K + 1] logits per text row (last = void) -> [..., C + 1] logits per class: the max over
-    each class's synonym rows (a vectorised segment max), void passed through as the last column."""
-    synonym_logits = row_logits[..., :-1]
+    """[..., K + 1 (+ V)] logits per text row -> [..., C + 1] logits per class: the max over each
+    class's synonym rows (a vectorised segment max), then void: the last row's logit, or with V void
+    concept rows after it, the max of the learned void logit and theirs."""
+    synonym_logits = row_logits[..., :class_of_row.numel()]
     per_class = synonym_logits.new_full((*synonym_logits.shape[:-1], num_classes), float("-inf"))
     per_class = per_class.scatter_reduce(
         -1, class_of_row.expand_as(synonym_logits), synonym_logits, reduce="amax", include_self=False
     )
-    return torch.cat([per_class, row_logits[..., -1:]], dim=-1)
+    void_logits = row_logits[..., class_of_row.numel():]
+    if void_logits.shape[-1] > 1:
+        void_logits = void_logits.amax(dim=-1, keepdim=True)
+    return torch.cat([per_class, void_logits], dim=-1)
 
 
 def text_classifier_logits(
@@ -172,7 +179,7 @@ def text_classifier_logits(
     Args:
         embeddings: [..., D] (any norm; L2-normalised here).
         text_classifier: [K + 1, D] L2-normalised rows: the synonyms of class 0, then of class 1, ...,
-            and the void embedding last.
+            and the void embedding last (then any void concept rows: [K + 1 + V, D]).
         num_synonyms: synonym rows per class (sums to K).
         log_logit_scale: scalar theta; the scale is min(exp(theta), max_logit_scale).
         class_of_row: optional precomputed ``synonym_class_index(num_synonyms)``.
@@ -189,8 +196,8 @@ def text_classifier_logits(
 
 
 def check_text_classifier(text_classifier: torch.Tensor, num_synonyms: Sequence[int], embed_dim: int):
-    expected = (int(sum(num_synonyms)) + 1, embed_dim)
-    if text_classifier.dim() != 2 or tuple(text_classifier.shape) != expected:
+    expected = (int(sum(num_synonyms)) + 1, embed_dim)  # more rows: void concept rows (class definitions)
+    if text_classifier.dim() != 2 or text_classifier.shape[0] < expected[0] or text_classifier.shape[1] != embed_dim:
         raise ValueError(
             f"text_classifier has shape {list(text_classifier.shape)}; expected {list(expected)} = "
             f"(sum(num_synonyms) + 1 void row, MODEL.CLIP_HEAD.EMBED_DIM) for {len(num_synonyms)} classes"
@@ -259,10 +266,13 @@ def ensemble_class_scores(backbone, features: Dict[str, torch.Tensor], outputs: 
 
 # ---- caches -------------------------------------------------------------------------------------
 
-def cache_key(model_name, fingerprint, class_synonyms, templates):
-    """Canonical JSON of everything the text classifier depends on."""
-    return json.dumps({"model": model_name, "weights": fingerprint,
-                       "classes": class_synonyms, "templates": templates}, sort_keys=True)
+def cache_key(model_name, fingerprint, class_synonyms, templates, definitions_sha256=""):
+    """Canonical JSON of everything the text classifier depends on (with a class definitions file,
+    its content's sha256 too; without one the key is the same as before definitions existed)."""
+    key = {"model": model_name, "weights": fingerprint, "classes": class_synonyms, "templates": templates}
+    if definitions_sha256:
+        key["definitions"] = definitions_sha256
+    return json.dumps(key, sort_keys=True)
 
 
 def default_cache_dir():
@@ -296,10 +306,10 @@ def _write_disk_cache(path, key, rows, num_synonyms):
         torch.save({"key": key, "rows": rows, "num_synonyms": num_synonyms}, f)
 
 
-def get_text_classifier(backbone, class_synonyms, templates, batch_size=128, cache_dir=None):
+def get_text_classifier(backbone, class_synonyms, templates, batch_size=128, cache_dir=None, definitions_sha256=""):
     """(rows [K,D], num_synonyms) for ``class_synonyms`` x ``templates`` with ``backbone``'s CLIP,
     from the process cache, else the disk cache, else by encoding (then stored in both)."""
-    key = cache_key(backbone.model_name, backbone.weight_fingerprint(), class_synonyms, templates)
+    key = cache_key(backbone.model_name, backbone.weight_fingerprint(), class_synonyms, templates, definitions_sha256)
     if key in _MEMORY_CACHE:
         return _MEMORY_CACHE[key]
     path = cache_file(cache_dir or default_cache_dir(), backbone.model_name, key)
@@ -321,14 +331,16 @@ def clear_memory_cache():
 class TextClassifier:
     """The class side of the CLIP classifier for one dataset, computed on first call.
 
-    ``text_classifier(backbone) -> (rows [K,D] float32 CPU, num_synonyms list[int])``. Not a module:
-    nothing here is checkpointed. The result is kept until the backbone's CLIP weights are reloaded
-    (``backbone.clip_weights_version`` changes).
+    ``text_classifier(backbone) -> (rows [K,D] float32 CPU, num_synonyms list[int])``, reduced per
+    ``concept_aggregation``; ``void_concept_rows(backbone)``: [V,D] or None (class definitions, see
+    :mod:`.class_definitions`). Not a module: nothing here is checkpointed. The result is kept until
+    the backbone's CLIP weights are reloaded (``backbone.clip_weights_version`` changes).
     """
 
     @configurable
     def __init__(self, *, class_synonyms, templates, embedding="text", embed_dim,
-                 text_batch_size=128, cache_dir=""):
+                 text_batch_size=128, cache_dir="", concept_aggregation="max", void_concepts=(),
+                 definitions_sha256=""):
         if embedding not in ("text", "orthogonal"):
             raise ValueError(f"MODEL.CLIP_HEAD.CLASS_EMBEDDING={embedding!r}; "
                              "expected 'text' or 'orthogonal'")
@@ -338,7 +350,11 @@ class TextClassifier:
         self.embed_dim = embed_dim
         self.text_batch_size = text_batch_size
         self.cache_dir = cache_dir or None
+        self.concept_aggregation = concept_aggregation
+        self.void_concepts = list(void_concepts)
+        self.definitions_sha256 = definitions_sha256
         self._result = None
+        self._void_rows = None
         self._result_version = None
 
     @classmethod
@@ -349,7 +365,7 @@ class TextClassifier:
         class_synonyms = class_synonyms_for_dataset(metadata, cfg.MODEL.CLIP_HEAD.CLASS_SYNONYMS)
         check_class_count(class_synonyms, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, dataset_name)
         return {
-            "class_synonyms": class_synonyms,
+            **class_text_from_config(cfg, metadata, class_synonyms, dataset_name),
             "templates": load_templates(cfg.MODEL.CLIP_HEAD.PROMPT_TEMPLATES),
             "embedding": cfg.MODEL.CLIP_HEAD.CLASS_EMBEDDING,
             "embed_dim": cfg.MODEL.CLIP_HEAD.EMBED_DIM,
@@ -363,17 +379,21 @@ class TextClassifier:
 
     def __call__(self, backbone):
         if self._result is None or self._result_version != backbone.clip_weights_version:
-            self._result = self._compute(backbone)
+            self._result = aggregate_concepts(self._compute(backbone, self.class_synonyms), self.concept_aggregation)
+            self._void_rows = self._compute(backbone, [self.void_concepts])[0] if self.void_concepts else None
             self._result_version = backbone.clip_weights_version
         return self._result
 
-    def _compute(self, backbone):
+    def void_concept_rows(self, backbone):
+        """The void concepts' rows [V,D] (float32 CPU), or None without void concepts."""
+        self(backbone)
+        return self._void_rows
+
+    def _compute(self, backbone, class_synonyms):
         if self.embedding == "orthogonal":
             return orthogonal_class_embedding(self.num_classes, self.embed_dim)
         if backbone.embed_dim != self.embed_dim:
-            raise ValueError(
-                f"MODEL.CLIP_HEAD.EMBED_DIM={self.embed_dim} but the text tower of "
-                f"{backbone.model_name} outputs {backbone.embed_dim}-d embeddings"
-            )
-        return get_text_classifier(backbone, self.class_synonyms, self.templates,
-                                   self.text_batch_size, self.cache_dir)
+            raise ValueError(f"MODEL.CLIP_HEAD.EMBED_DIM={self.embed_dim} but the text tower of "
+                             f"{backbone.model_name} outputs {backbone.embed_dim}-d embeddings")
+        return get_text_classifier(backbone, class_synonyms, self.templates, self.text_batch_size,
+                                   self.cache_dir, self.definitions_sha256)
