@@ -232,8 +232,8 @@ def final_pseudo_quality(metrics_path: str) -> dict:
     return {key: records[-1][f"pseudo_quality/{key}"] for key in PSEUDO_QUALITY if f"pseudo_quality/{key}" in records[-1]}
 
 
-def _train_timed(cfg, description: str, resume: bool) -> Tuple[dict, float]:
-    """Train; (metrics, wall seconds of every run of this config so far). The seconds are saved
+def _train_timed(cfg, description: str, resume: bool) -> Tuple[dict, float, float]:
+    """Train; (metrics, wall seconds of this run, of every run of this config so far). They are saved
     even when training stops with an exception (Ctrl-C), so a resumed stage counts them."""
     earlier = (_read_json_for(cfg, WALL_TIME_FILE) or {}).get("seconds", 0.0) if resume else 0.0
     start = time.perf_counter()
@@ -242,10 +242,10 @@ def _train_timed(cfg, description: str, resume: bool) -> Tuple[dict, float]:
         trainer.resume_or_load(resume=resume)
         metrics = trainer.train()
     finally:
-        seconds = earlier + time.perf_counter() - start
+        this_run = time.perf_counter() - start
         atomic_write_json(os.path.join(cfg.OUTPUT_DIR, WALL_TIME_FILE),
-                          {"seconds": seconds, "config_sha256": config_digest(cfg)})
-    return metrics, seconds
+                          {"seconds": earlier + this_run, "config_sha256": config_digest(cfg)})
+    return metrics, this_run, earlier + this_run
 
 
 def run_stage(cfg, description: str, fresh: bool = False) -> dict:
@@ -268,10 +268,9 @@ def run_stage(cfg, description: str, fresh: bool = False) -> dict:
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     with atomic_write(config_path, "w") as f:
         f.write(cfg.dump())
-    start = time.perf_counter()
-    metrics, wall_seconds = _train_timed(cfg, description, resume)
+    metrics, this_run, wall_seconds = _train_timed(cfg, description, resume)
     result = {"metrics": metrics, "iterations": cfg.SOLVER.MAX_ITER, "config_sha256": config_digest(cfg),
-              "seconds_of_last_run": time.perf_counter() - start, "wall_seconds": wall_seconds,
+              "seconds_of_last_run": this_run, "wall_seconds": wall_seconds,
               "pseudo_quality": final_pseudo_quality(os.path.join(cfg.OUTPUT_DIR, "metrics.json"))}
     atomic_write_json(os.path.join(cfg.OUTPUT_DIR, RESULT_FILE), result, indent=1)
     return result

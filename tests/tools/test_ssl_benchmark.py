@@ -144,6 +144,9 @@ def test_interrupted_run_resumes_to_the_same_summary(reference, tmp_path, monkey
     assert bench.main(argv(tmp_path)) == 0
     # Finished stages are read back; the interrupted one resumes from its checkpoint at iteration 2.
     assert trained == [("burn_in", 0), ("supervised_only", 0), ("semi_supervised", 0), ("semi_supervised", 2)]
+    # Its wall time counts both runs: the killed one and the one that finished it.
+    resumed = json.loads((tmp_path / "shapes" / "seed1" / "semi_supervised" / "result.json").read_text())
+    assert resumed["wall_seconds"] > resumed["seconds_of_last_run"] > 0
     # The same numbers; only the wall-time table (the last, measured per run) may differ.
     assert without_wall_time((tmp_path / "summary.md").read_text()) == without_wall_time(summary)
 
