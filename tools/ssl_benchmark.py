@@ -156,12 +156,16 @@ def parse_args(argv=None):
             action.help = ("config overrides of every stage, after the recipe (the protocol's own keys "
                            "OUTPUT_DIR, SEED, SOLVER.MAX_ITER, ... win over them)")
     args = parse_tool_args(parser, argv)
+    warmup_iters_given = args.warmup_iters is not None
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    args.warmup_iters = args.warmup_iters or 0
     tables = TABLES[args.preset]
     warm_ups = any(s.role == protocol.WARM_UP for d in args.datasets for s in tables[d].stages)
+    if not warm_ups:
+        if warmup_iters_given:
+            parser.error(f"--warmup-iters: the {args.preset} preset has no warm-up on {', '.join(args.datasets)}")
+        args.warmup_iters = 0  # not pinned: the folder's settings stay those of a table without warm-up
     if warm_ups and args.warmup_iters < 1:
         parser.error(f"--warmup-iters must be >= 1, got {args.warmup_iters}")
     known = {s.name for d in args.datasets for s in tables[d].stages}

@@ -209,8 +209,21 @@ def test_a_label_folder_the_generator_cannot_write_is_refused(sam_stage):
 @pytest.mark.parametrize("args, message", [
     (["--stages", "dearli", "nothing"], "--stages nothing: no such stage in the ablation preset"),
     (["--warmup-iters", "0"], "--warmup-iters must be >= 1, got 0"),
+    (["--preset", "benchmark", "--warmup-iters", "5"], "--warmup-iters: the benchmark preset has no warm-up on shapes, camvid"),
 ])
-def test_bad_ablation_arguments(args, message, capsys):
+def test_bad_ablation_arguments(args, message, capsys, monkeypatch, tmp_path):
+    (tmp_path / "camvid" / "train").mkdir(parents=True)
+    monkeypatch.setenv("DEARLI_CAMVID", str(tmp_path / "camvid"))
     with pytest.raises(SystemExit):
         bench.parse_args(["--preset", "ablation", *args])
     assert message in capsys.readouterr().err
+
+
+def test_camvid_rows_of_the_ablation_have_no_warm_up(tmp_path, monkeypatch):
+    (tmp_path / "camvid" / "train").mkdir(parents=True)
+    monkeypatch.setenv("DEARLI_CAMVID", str(tmp_path / "camvid"))
+    args = bench.parse_args(["--preset", "ablation", "--datasets", "camvid"])
+    assert args.warmup_iters == 0 and "warmup_iters" not in bench.pinned_settings(args)
+    cfg = bench.stage_config_factory(args)("camvid", 1, "mean_teacher")
+    assert (cfg.DATASETS.TRAIN, cfg.SSL.ENABLED, cfg.SOLVER.MAX_ITER) == (("camvid_train_1_8_labeled",), True, 600)
+    assert cfg.MODEL.WEIGHTS.endswith(os.path.join("camvid", "seed1", "burn_in", "model_final.pth"))
