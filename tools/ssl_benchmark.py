@@ -139,7 +139,7 @@ def parse_args(argv=None):
     parser.add_argument("--checkpoint-period", type=int, default=500, help="iterations between resumable checkpoints")
     parser.add_argument("--workers", type=int, default=1, help="data-loader worker processes (default 1)")
     parser.add_argument("--visuals", type=int, help="val images drawn per stage into visuals/ (0: none)")
-    parser.add_argument("--output-dir", help="output folder (default: output/ssl_benchmark, or output/demo for the demo preset)")
+    parser.add_argument("--output-dir", help="output folder (default: output/ssl_benchmark, output/demo or output/ablation, by preset)")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into a non-empty folder this tool did not write, or wrote with other "
                              "settings, retraining every stage requested (nothing is deleted)")
@@ -160,18 +160,7 @@ def parse_args(argv=None):
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    tables = TABLES[args.preset]
-    warm_ups = any(s.role == protocol.WARM_UP for d in args.datasets for s in tables[d].stages)
-    if not warm_ups:
-        if warmup_iters_given:
-            parser.error(f"--warmup-iters: the {args.preset} preset has no warm-up on {', '.join(args.datasets)}")
-        args.warmup_iters = 0  # not pinned: the folder's settings stay those of a table without warm-up
-    if warm_ups and args.warmup_iters < 1:
-        parser.error(f"--warmup-iters must be >= 1, got {args.warmup_iters}")
-    known = {s.name for d in args.datasets for s in tables[d].stages}
-    unknown = sorted(set(args.stages or ()) - known)
-    if unknown:
-        parser.error(f"--stages {' '.join(unknown)}: no such stage in the {args.preset} preset (stages: {', '.join(sorted(known))})")
+    check_stage_arguments(parser, args, warmup_iters_given)
     for name in ("burn_in_iters", "branch_iters", "evals_per_stage", "checkpoint_period"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -179,6 +168,24 @@ def parse_args(argv=None):
         parser.error(f"CamVid not found at {camvid_root(get_datasets_root())}: set DEARLI_CAMVID to the CamVid "
                      "folder (with train/ and val/, see datasets/README.md), or put it at $DETECTRON2_DATASETS/camvid")
     return args
+
+
+def check_stage_arguments(parser, args, warmup_iters_given: bool) -> None:
+    """--warmup-iters only for tables with a warm-up (set to 0 for the others); --stages only names
+    stages of the preset's tables."""
+    tables = TABLES[args.preset]
+    warm_ups = any(s.role == protocol.WARM_UP for d in args.datasets for s in tables[d].stages)
+    if not warm_ups:
+        if warmup_iters_given:
+            parser.error(f"--warmup-iters: the {args.preset} preset has no warm-up on {', '.join(args.datasets)}")
+        args.warmup_iters = 0  # not pinned: the folder's settings stay those of a table without warm-up
+    elif args.warmup_iters < 1:
+        parser.error(f"--warmup-iters must be >= 1, got {args.warmup_iters}")
+    known = {s.name for d in args.datasets for s in tables[d].stages}
+    unknown = sorted(set(args.stages or ()) - known)
+    if unknown:
+        parser.error(f"--stages {' '.join(unknown)}: no such stage in the {args.preset} preset "
+                     f"(stages: {', '.join(sorted(known))})")
 
 
 def pinned_settings(args) -> dict:
