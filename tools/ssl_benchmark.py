@@ -32,7 +32,7 @@ test, added on top of an equal schedule as in the paper, never taken from the la
 semi-supervised iterations; rows without it share one burn-in (alpha acts only at inference).
 Files it needs: the tiny SAM's pseudo-labels of the shapes training images
 (output/shapes/tiny_sam_labels/, dataset dearli_shapes_sam_train). The ablation generates missing
-ones first (resumable: tools/generate_sam_pseudolabels.py, the command is printed; about 7 min).
+ones first (resumable: tools/generate_sam_pseudolabels.py, the command is printed; about 4 min).
 Budget: measured 0.13 s per supervised, 0.16 per warm-up and 0.57 per semi-supervised iteration
 and 5 s per evaluation (1 thread, while two other trainings kept the 2 cores busy), so one shapes
 seed takes about 31 min; 3 seeds about 95 min in one process, or about 55 min (labels included) in
