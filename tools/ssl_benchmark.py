@@ -139,7 +139,8 @@ def parse_args(argv=None):
     parser.add_argument("--checkpoint-period", type=int, default=500, help="iterations between resumable checkpoints")
     parser.add_argument("--workers", type=int, default=1, help="data-loader worker processes (default 1)")
     parser.add_argument("--visuals", type=int, help="val images drawn per stage into visuals/ (0: none)")
-    parser.add_argument("--output-dir", help="output folder (default: output/ssl_benchmark, output/demo or output/ablation, by preset)")
+    parser.add_argument("--output-dir",
+                        help="output folder (default by preset: output/ssl_benchmark, output/demo, output/ablation)")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into a non-empty folder this tool did not write, or wrote with other "
                              "settings, retraining every stage requested (nothing is deleted)")

@@ -10,6 +10,7 @@ import os
 import subprocess
 
 import pytest
+from detectron2.data import DatasetCatalog
 from helpers.tiny import CONFIG_DIR
 from helpers.tools import load_tool
 
@@ -19,7 +20,7 @@ from dearli.data.datasets.shapes import register_shapes
 from dearli.data.sam_format import record_path
 from dearli.engine import protocol
 from dearli.engine.protocol import BURN_IN, WARM_UP, Stage, Table
-from dearli.engine.protocol_tables import ABLATION_SHAPES, DEAR_CLIP, SAM_WARMUP, TINY_SAM_LABELS
+from dearli.engine.protocol_tables import ABLATION_SHAPES, SAM_WARMUP, TINY_SAM_LABELS
 
 bench = load_tool("ssl_benchmark")
 PREFIX = "ablation_shapes"
@@ -176,7 +177,11 @@ def sam_stage(tmp_path):
 
 def test_missing_sam_labels_run_the_generator_and_fail_clearly_if_it_leaves_gaps(sam_stage, monkeypatch, capsys):
     commands = []
-    monkeypatch.setattr(bench.subprocess, "run", lambda command, cwd: commands.append(command) or subprocess.CompletedProcess(command, 0))
+    def run(command, cwd):
+        commands.append(command)
+        return subprocess.CompletedProcess(command, 0)  # a generator that wrote nothing
+
+    monkeypatch.setattr(bench.subprocess, "run", run)
     with pytest.raises(SystemExit) as exit_info:
         bench.prepare_sam_labels(sam_stage, threads=1)
     label_dir = sam_stage.SAM.LABEL_DIR
@@ -190,7 +195,6 @@ def test_missing_sam_labels_run_the_generator_and_fail_clearly_if_it_leaves_gaps
 
 
 def test_complete_sam_labels_are_not_regenerated(sam_stage, monkeypatch):
-    from detectron2.data import DatasetCatalog
     for record in DatasetCatalog.get(f"{PREFIX}_sam_train"):
         path = record_path(sam_stage.SAM.LABEL_DIR, record["sam_key"])
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -202,7 +206,8 @@ def test_complete_sam_labels_are_not_regenerated(sam_stage, monkeypatch):
 def test_a_label_folder_the_generator_cannot_write_is_refused(sam_stage):
     cfg = sam_stage.clone()
     cfg.SAM.LABEL_DIR = os.path.join(os.path.dirname(cfg.SAM.LABEL_DIR), "my_labels")
-    with pytest.raises(SystemExit, match="is not <root>/dearli_tiny/points_per_side_16_pred_iou_thresh_0.1_stability_score_thresh_0"):
+    settings = "dearli_tiny/points_per_side_16_pred_iou_thresh_0.1_stability_score_thresh_0"
+    with pytest.raises(SystemExit, match=f"is not <root>/{settings}"):
         bench.prepare_sam_labels(cfg, threads=1)
 
 
