@@ -1,28 +1,52 @@
 #!/usr/bin/env python
-"""Semi-supervised vs supervised-only training from a shared start: the benchmark and `make demo`.
+"""The comparison protocol: semi- vs supervised-only (the benchmark, `make demo`) and DEARLi's ablation.
 
-    python tools/ssl_benchmark.py [--preset benchmark|demo] [--datasets shapes camvid] [--seeds 1 2 3]
-                                  [--burn-in-iters N] [--branch-iters N] [--threads N] [--workers N]
-                                  [--output-dir DIR] [--overwrite] [KEY VALUE ...]
+    python tools/ssl_benchmark.py [--preset benchmark|demo|ablation] [--datasets shapes camvid] [--seeds 1 2 3]
+                                  [--warmup-iters N] [--burn-in-iters N] [--branch-iters N] [--stages NAME ...]
+                                  [--threads N] [--workers N] [--output-dir DIR] [--overwrite] [KEY VALUE ...]
 
 KEY VALUE pairs come after the options (dearli/cli.py: the same rules as every tool).
 
-The protocol (dearli/engine/protocol.py), per dataset and seed: a supervised burn-in on the
-labeled images (the shared start; it stands in for the SAM warm-up, which needs pretrained SAM),
-then from its final checkpoint two branches of equal iterations, supervised-only and
-semi-supervised (EMA-teacher pseudo-labels on the unlabeled images, CutMix, strong views). The
-summary (summary.json / summary.md) gives student and teacher PQ/SQ/RQ/mIoU and per-class IoU,
-mean +- sample std over every seed finished in the output folder (also those of earlier
-invocations), and the paired difference semi-supervised minus supervised-only.
+The protocol (dearli/engine/protocol.py) runs a table of stages per dataset and seed
+(dearli/engine/protocol_tables.py). benchmark and demo: a supervised burn-in on the labeled images
+(the shared start), then from its final checkpoint two branches of equal iterations,
+supervised-only and semi-supervised (EMA-teacher pseudo-labels on the unlabeled images, CutMix,
+strong views). The summary (summary.json / summary.md) gives student and teacher PQ/SQ/RQ/mIoU and
+per-class IoU, the pseudo-label quality at the end of each stage and its wall time, mean +- sample
+std over every seed finished in the output folder (also those of earlier invocations), and the
+paired difference of every branch minus supervised-only.
 
 Presets (options given on the command line win over them):
   benchmark  shapes and CamVid 1/8, seeds 1 2 3, 2000 + 4000 iterations, 4 evaluations per stage;
-  demo       `make demo`: shapes, seed 1, 1500 + 800 iterations, and pictures in visuals/.
-Training recipe of both (override with trailing KEY VALUE pairs, as for train_net.py): batch 4
+  demo       `make demo`: shapes, seed 1, 1500 + 800 iterations, and pictures in visuals/;
+  ablation   DEARLi's ablation in miniature, seeds 1 2 3, 300 warm-up + 600 burn-in + 600 branch
+             iterations, 2 evaluations per stage. shapes (every row on the tiny CLIP trained here,
+             configs/shapes/tiny_dear_clip.yaml): supervised-only | mean teacher (alpha 0: the
+             zero-shot ensemble off) | DEAR (alpha 0.4) | DEARLi (+ the class-agnostic warm-up on the
+             tiny SAM's masks) | DEARLi on oracle proposals (upper bound). camvid (--datasets camvid):
+             supervised-only | mean teacher, on the benchmark's tiny config.
+Equal iterations from the same start (ablation): every row gets the same supervised burn-in and the
+same branch iterations; the Li rows first run the class-agnostic warm-up (--warmup-iters), then
+that same burn-in from the warm-up's weights, then their branch. The warm-up is the component under
+test, added on top of an equal schedule as in the paper, never taken from the labeled or
+semi-supervised iterations; rows without it share one burn-in (alpha acts only at inference).
+Files it needs: the tiny SAM's pseudo-labels of the shapes training images
+(output/shapes/tiny_sam_labels/, dataset dearli_shapes_sam_train). The ablation generates missing
+ones first (resumable: tools/generate_sam_pseudolabels.py, the command is printed; about 4 min).
+Budget: measured 0.13 s per supervised, 0.16 per warm-up and 0.57 per semi-supervised iteration
+and 5 s per evaluation (1 thread, while two other trainings kept the 2 cores busy), so one shapes
+seed takes about 31 min; 3 seeds about 95 min in one process, or about 55 min (labels included) in
+two processes sharing the folder, one per group of rows:
+  python tools/ssl_benchmark.py --preset ablation --stages supervised_only mean_teacher dear &
+  python tools/ssl_benchmark.py --preset ablation --stages dearli dearli_oracle
+(--stages runs the named stages and the starts they need; the summary covers every finished stage.)
+Training recipe (override with trailing KEY VALUE pairs, as for train_net.py): batch 4
 labeled (+4 unlabeled), AdamW LR 1e-3 (the paper's 1e-4 is for a pretrained CLIP), teacher EMA
 decay 0.99 (short runs), pseudo-label quality on 16 unlabeled images at every evaluation
-(SSL.PSEUDO_QUALITY_IMAGES; each stage's quality_curves.png plots it with val PQ / mIoU); `MODEL.DEVICE cuda` runs it on a GPU. Model: the tiny config (a random tiny CLIP with a fixed orthogonal class
-embedding), so this measures the semi-supervised machinery, not CLIP recognition.
+(SSL.PSEUDO_QUALITY_IMAGES; each stage's quality_curves.png plots it with val PQ / mIoU); `MODEL.DEVICE
+cuda` runs it on a GPU. benchmark and demo model: the tiny config (a random tiny CLIP with a fixed
+orthogonal class embedding), so they measure the semi-supervised machinery, not CLIP recognition.
+A row's own overrides win over trailing KEY VALUE pairs; the protocol's keys win over both.
 
 Resumable: rerun the same command after an interruption; finished stages are read back, an
 unfinished one resumes from its last checkpoint. Adding seeds to a finished folder trains only the
@@ -35,17 +59,23 @@ reproduces its numbers.
 """
 import argparse
 import contextlib
+import itertools
 import logging
 import os
+import subprocess
 import sys
 import time
+
+from detectron2.data import DatasetCatalog
 
 import dearli  # noqa: F401  (registers datasets and models)
 from dearli.cli import add_tool_arguments, parse_tool_args
 from dearli.data.datasets.builtin import get_datasets_root
 from dearli.data.datasets.semantic import camvid_root, dataset_cache_root
 from dearli.data.datasets.shapes import shapes_cache_root
-from dearli.engine import protocol
+from dearli.data.sam_format import finished_keys, image_key, settings_dirname
+from dearli.engine import protocol, protocol_summary
+from dearli.engine.protocol_tables import TABLES
 from dearli.engine.protocol_visuals import save_pseudo_label_panels, save_stage_predictions
 from dearli.engine.quality_curves import plot_quality_curves
 from dearli.utils.atomic_io import atomic_write, atomic_write_json
@@ -67,7 +97,12 @@ PRESETS = {
                   "output_dir": os.path.join(REPO, "output", "ssl_benchmark")},
     "demo": {"datasets": ["shapes"], "seeds": [1], "burn_in_iters": 1500, "branch_iters": 800,
              "evals_per_stage": 1, "visuals": 3, "output_dir": os.path.join(REPO, "output", "demo")},
+    # Budget: 3 shapes seeds in about an hour on 2 cores (see the docstring's measurement).
+    "ablation": {"datasets": ["shapes"], "seeds": [1, 2, 3], "warmup_iters": 300, "burn_in_iters": 600,
+                 "branch_iters": 600, "evals_per_stage": 2, "visuals": 0,
+                 "output_dir": os.path.join(REPO, "output", "ablation")},
 }
+GENERATOR = os.path.join(REPO, "tools", "generate_sam_pseudolabels.py")
 # What `make demo` exercises and what it cannot (printed before the demo runs).
 DEMO_SCOPE = """\
 Exercised: data loading with resumable per-sample seeds, weak/strong views, the EMA teacher's
@@ -95,13 +130,17 @@ def parse_args(argv=None):
     parser.add_argument("--preset", choices=list(PRESETS), default="benchmark", help="defaults (see above)")
     parser.add_argument("--datasets", nargs="+", choices=list(DATASET_CONFIGS), help="datasets to train")
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds to train (SEED of every stage)")
-    parser.add_argument("--burn-in-iters", type=int, help="iterations of the shared supervised start")
+    parser.add_argument("--warmup-iters", type=int, help="iterations of the class-agnostic warm-up (ablation's Li rows)")
+    parser.add_argument("--burn-in-iters", type=int, help="iterations of each supervised start")
     parser.add_argument("--branch-iters", type=int, help="iterations of each branch")
+    parser.add_argument("--stages", nargs="+", help="run only these stages of the preset's tables (and the "
+                        "starts they need), e.g. to split the rows over two processes sharing --output-dir")
     parser.add_argument("--evals-per-stage", type=int, help="evaluations per stage, evenly spaced, the last at its end")
     parser.add_argument("--checkpoint-period", type=int, default=500, help="iterations between resumable checkpoints")
     parser.add_argument("--workers", type=int, default=1, help="data-loader worker processes (default 1)")
     parser.add_argument("--visuals", type=int, help="val images drawn per stage into visuals/ (0: none)")
-    parser.add_argument("--output-dir", help="output folder (default: output/ssl_benchmark, or output/demo for the demo preset)")
+    parser.add_argument("--output-dir",
+                        help="output folder (default by preset: output/ssl_benchmark, output/demo, output/ablation)")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into a non-empty folder this tool did not write, or wrote with other "
                              "settings, retraining every stage requested (nothing is deleted)")
@@ -118,9 +157,11 @@ def parse_args(argv=None):
             action.help = ("config overrides of every stage, after the recipe (the protocol's own keys "
                            "OUTPUT_DIR, SEED, SOLVER.MAX_ITER, ... win over them)")
     args = parse_tool_args(parser, argv)
+    warmup_iters_given = args.warmup_iters is not None
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    check_stage_arguments(parser, args, warmup_iters_given)
     for name in ("burn_in_iters", "branch_iters", "evals_per_stage", "checkpoint_period"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -130,19 +171,50 @@ def parse_args(argv=None):
     return args
 
 
+def check_stage_arguments(parser, args, warmup_iters_given: bool) -> None:
+    """--warmup-iters only for tables with a warm-up (set to 0 for the others); --stages only names
+    stages of the preset's tables."""
+    tables = TABLES[args.preset]
+    warm_ups = any(s.role == protocol.WARM_UP for d in args.datasets for s in tables[d].stages)
+    if not warm_ups:
+        if warmup_iters_given:
+            parser.error(f"--warmup-iters: the {args.preset} preset has no warm-up on {', '.join(args.datasets)}")
+        args.warmup_iters = 0  # not pinned: the folder's settings stay those of a table without warm-up
+    elif args.warmup_iters < 1:
+        parser.error(f"--warmup-iters must be >= 1, got {args.warmup_iters}")
+    known = {s.name for d in args.datasets for s in tables[d].stages}
+    unknown = sorted(set(args.stages or ()) - known)
+    if unknown:
+        parser.error(f"--stages {' '.join(unknown)}: no such stage in the {args.preset} preset "
+                     f"(stages: {', '.join(sorted(known))})")
+
+
 def pinned_settings(args) -> dict:
     """The settings that decide the results; a folder is resumed only with the same ones."""
-    return {"burn_in_iters": args.burn_in_iters, "branch_iters": args.branch_iters,
-            "evals_per_stage": args.evals_per_stage, "checkpoint_period": args.checkpoint_period,
-            "threads": args.threads, "workers": args.workers, "opts": list(args.opts)}
+    settings = {"burn_in_iters": args.burn_in_iters, "branch_iters": args.branch_iters,
+                "evals_per_stage": args.evals_per_stage, "checkpoint_period": args.checkpoint_period,
+                "threads": args.threads, "workers": args.workers, "opts": list(args.opts)}
+    if args.warmup_iters:  # only tables with a warm-up: folders of the other presets keep their manifest
+        settings["warmup_iters"] = args.warmup_iters
+    return settings
 
 
 def stage_config_factory(args):
-    """(dataset, seed, stage) -> the stage's frozen config."""
-    budget = protocol.Budget(args.burn_in_iters, args.branch_iters, args.evals_per_stage, args.checkpoint_period)
+    """(dataset, seed, stage name) -> the stage's frozen config."""
+    budget = protocol.Budget(args.burn_in_iters, args.branch_iters, args.evals_per_stage, args.checkpoint_period,
+                             args.warmup_iters)
     opts = RECIPE + ["DATALOADER.NUM_WORKERS", str(args.workers)] + list(args.opts)
     return lambda dataset, seed, stage: protocol.stage_config(
-        DATASET_CONFIGS[dataset], opts, args.output_dir, dataset, seed, stage, budget)
+        DATASET_CONFIGS[dataset], opts, args.output_dir, dataset, seed, TABLES[args.preset][dataset].stage(stage), budget)
+
+
+def stages_to_run(table, requested) -> list:
+    """The table's stages that ``requested`` names (all when None) and the starts they need, in table order."""
+    wanted = set(s.name for s in table.stages) if requested is None else set(requested) & {s.name for s in table.stages}
+    for stage in reversed(table.stages):
+        if stage.name in wanted and stage.start is not None:
+            wanted.add(stage.start)
+    return [s for s in table.stages if s.name in wanted]
 
 
 @contextlib.contextmanager
@@ -167,11 +239,12 @@ def logs_to_file(path):
 
 def write_summary(args, config_of) -> str:
     """summary.json / summary.md over every finished stage in the output folder; the markdown."""
-    datasets = [d for d in DATASET_CONFIGS if os.path.isdir(os.path.join(args.output_dir, d))]
-    summary = protocol.summarize(protocol.finished_runs(args.output_dir, datasets, config_of))
-    budget = (f"Per seed: {args.burn_in_iters} burn-in iterations, then {args.branch_iters} per branch; "
+    tables = {d: t for d, t in TABLES[args.preset].items() if os.path.isdir(os.path.join(args.output_dir, d))}
+    summary = protocol_summary.summarize(protocol.finished_runs(args.output_dir, tables, config_of), tables)
+    warm_up = f"{args.warmup_iters} warm-up iterations (rows with one), " if args.warmup_iters else ""
+    budget = (f"Per seed: {warm_up}{args.burn_in_iters} burn-in iterations, then {args.branch_iters} per branch; "
               f"{args.threads} thread(s); mean +- sample std over the seeds listed.")
-    text = budget + "\n\n" + protocol.markdown(summary)
+    text = budget + "\n\n" + protocol_summary.markdown(summary, tables)
     atomic_write_json(os.path.join(args.output_dir, "summary.json"),
                       {"settings": pinned_settings(args), "summary": summary}, indent=1)
     with atomic_write(os.path.join(args.output_dir, "summary.md"), "w") as f:
@@ -179,25 +252,60 @@ def write_summary(args, config_of) -> str:
     return text
 
 
-def run_seed(args, config_of, dataset, seed, number, total):
-    """The three stages of one dataset and seed, then its pictures if asked."""
-    for stage in protocol.STAGES:
-        cfg = config_of(dataset, seed, stage)
-        description = f"[{number}/{total}] {dataset} seed {seed} {protocol.STAGE_TITLES[stage]}"
+def prepare_sam_labels(cfg, threads: int) -> None:
+    """Generate the pseudo-labels a warm-up stage reads from SAM.LABEL_DIR, when some are missing
+    (resumable: the generator skips finished images); fails naming the folder and the command."""
+    if cfg.INPUT.DATASET_MAPPER_NAME != "sam_pseudo_label" or not cfg.SAM.LABEL_DIR:
+        return  # no SAM labels (e.g. oracle proposals, written with their dataset)
+    label_dir = cfg.SAM.LABEL_DIR
+    keys = {image_key(d["file_name"]) for name in cfg.DATASETS.TRAIN for d in DatasetCatalog.get(name)}
+    missing = len(keys - finished_keys(label_dir))
+    if not missing:
+        return
+    settings = settings_dirname(cfg.SAM.MODEL_TYPE, cfg.SAM.POINTS_PER_SIDE, cfg.SAM.PRED_IOU_THRESH,
+                                cfg.SAM.STABILITY_SCORE_THRESH)
+    label_root = os.path.dirname(os.path.dirname(label_dir))
+    if os.path.join(label_root, settings) != os.path.normpath(label_dir):
+        raise SystemExit(f"{TOOL}: error: SAM.LABEL_DIR {label_dir} is not <root>/{settings}, the folder "
+                         "tools/generate_sam_pseudolabels.py writes for the SAM.* settings of the stage")
+    command = [sys.executable, GENERATOR, "--dataset", *cfg.DATASETS.TRAIN, "--output", label_root,
+               "--model-type", cfg.SAM.MODEL_TYPE, "--checkpoint", cfg.SAM.CHECKPOINT,
+               "--points-per-side", str(cfg.SAM.POINTS_PER_SIDE), "--pred-iou-thresh", str(cfg.SAM.PRED_IOU_THRESH),
+               "--stability-score-thresh", str(cfg.SAM.STABILITY_SCORE_THRESH), "--threads", str(threads), "--no-progress"]
+    print(f"{missing} of {len(keys)} images have no pseudo-label in {label_dir}; generating them (resumable):\n  "
+          + " ".join(command), flush=True)
+    code = subprocess.run(command, cwd=REPO).returncode
+    still_missing = len(keys - finished_keys(label_dir))
+    if code or still_missing:
+        raise SystemExit(f"{TOOL}: error: {still_missing} of {len(keys)} images still have no pseudo-label in "
+                         f"{label_dir} (generator exit code {code}); rerun the command above, then this one")
+
+
+def run_seed(args, config_of, dataset, seed, counter):
+    """The stages to run of one dataset and seed, then its pictures if asked."""
+    table = TABLES[args.preset][dataset]
+    stages = stages_to_run(table, args.stages)
+    for stage in stages:
+        cfg = config_of(dataset, seed, stage.name)
+        description = f"[{next(counter)}] {dataset} seed {seed} {stage.title}"
         was_finished = protocol.finished_result(cfg) is not None and not args.overwrite
+        if not was_finished and stage.role == protocol.WARM_UP:
+            prepare_sam_labels(cfg, args.threads)
         result = protocol.run_stage(cfg, description, fresh=args.overwrite)
         seconds = "already finished" if was_finished else f"{result['seconds_of_last_run']:.0f} s"
-        print(f"{description}: {seconds}; student PQ {result['metrics']['panoptic_seg']['PQ']:.1f}", flush=True)
+        scores = protocol.stage_scores(result["metrics"])
+        pq = f"; student PQ {scores['student']['PQ']:.1f}" if scores else ""
+        print(f"{description}: {seconds}{pq}", flush=True)
         plot_quality_curves(os.path.join(cfg.OUTPUT_DIR, "metrics.json"), os.path.join(cfg.OUTPUT_DIR, QUALITY_CURVES_FILE),
-                            f"{dataset}, seed {seed}: {protocol.STAGE_TITLES[stage]}")
-        number += 1
+                            f"{dataset}, seed {seed}: {stage.title}")
     if args.visuals:
         visuals = os.path.join(args.output_dir, dataset, f"seed{seed}", "visuals")
-        for stage in protocol.STAGES:
-            save_stage_predictions(config_of(dataset, seed, stage), stage, visuals, args.visuals)
-        save_pseudo_label_panels(config_of(dataset, seed, protocol.SEMI_SUPERVISED), visuals, args.visuals)
+        for stage in (s for s in stages if s.role != protocol.WARM_UP):
+            save_stage_predictions(config_of(dataset, seed, stage.name), stage.name, visuals, args.visuals)
+        semi = [s for s in stages if s.semi_supervised]
+        if semi:
+            save_pseudo_label_panels(config_of(dataset, seed, semi[0].name), visuals, args.visuals)
         print(f"pictures in {visuals}", flush=True)
-    return number
 
 
 def main(argv=None):
@@ -219,7 +327,8 @@ def main(argv=None):
 def run(args):
     """Every requested stage, then the summary over the whole output folder."""
     log = os.path.join(args.output_dir, "log.txt")
-    print(f"Preset {args.preset}: {', '.join(args.datasets)}, seeds {args.seeds}, {args.burn_in_iters} burn-in + "
+    warm_up = f"{args.warmup_iters} warm-up + " if args.warmup_iters else ""
+    print(f"Preset {args.preset}: {', '.join(args.datasets)}, seeds {args.seeds}, {warm_up}{args.burn_in_iters} burn-in + "
           f"{args.branch_iters} iterations per branch, {args.threads} thread(s).\nLogs: {log}; per stage "
           f"config.yaml, metrics.json and TensorBoard events under {args.output_dir}/<dataset>/seed<N>/<stage>/ "
           f"(tensorboard --logdir {args.output_dir}).", flush=True)
@@ -228,10 +337,11 @@ def run(args):
     config_of = stage_config_factory(args)
     start = time.perf_counter()
     with logs_to_file(log):
-        number, total = 1, len(args.datasets) * len(args.seeds) * len(protocol.STAGES)
+        total = len(args.seeds) * sum(len(stages_to_run(TABLES[args.preset][d], args.stages)) for d in args.datasets)
+        counter = (f"{number}/{total}" for number in itertools.count(1))
         for dataset in args.datasets:
             for seed in args.seeds:
-                number = run_seed(args, config_of, dataset, seed, number, total)
+                run_seed(args, config_of, dataset, seed, counter)
                 write_summary(args, config_of)  # partial results readable while the rest runs
     text = write_summary(args, config_of)
     print("\n" + text)

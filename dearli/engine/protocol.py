@@ -1,14 +1,19 @@
-"""The semi-supervised comparison protocol: a shared start, then branches of equal iterations.
+"""The comparison protocol: a table of stages, each a named start or branch, run per dataset and seed.
 
-Per dataset and seed:
+A protocol table (:class:`Table`) is a list of :class:`Stage` rows. A row names its folder and
+title, its config file (or the dataset's default) and ``KEY VALUE`` overrides, the stage it starts
+from (student and teacher load that stage's ``model_final.pth``), whether it trains on the
+unlabeled images, and its role, which decides its budget (:class:`Budget`):
 
-1. ``burn_in``: supervised training on the labeled images, the shared start (it stands in for
-   the SAM warm-up where no pretrained SAM exists);
-2. from its final checkpoint (student and teacher), two branches of equal iterations:
-   ``supervised_only`` (labeled images only) and ``semi_supervised`` (labeled images plus the EMA
-   teacher's pseudo-labels on the unlabeled images, with CutMix and strong views);
-3. over the seeds: mean and sample std of student and teacher PQ/SQ/RQ/mIoU and per-class IoU,
-   and the paired (same seed) difference ``semi_supervised - supervised_only``.
+- ``warm_up``: the class-agnostic warm-up (DEARLi's "Li": SAM or oracle masks), ``warmup_iters``;
+- ``burn_in``: supervised training on the labeled images, a start, ``burn_in_iters``;
+- ``branch``: a compared row, ``branch_iters``.
+
+:data:`CLASSIC` is the semi- vs supervised-only comparison (``burn_in``, then the branches
+``supervised_only`` and ``semi_supervised`` from it); the tool's ablation table adds rows the
+same way. Over the seeds, :mod:`dearli.engine.protocol_summary` gives mean and sample std of
+student and teacher PQ/SQ/RQ/mIoU and per-class IoU, wall time, pseudo-label quality at the end
+of each stage, and the paired (same seed) difference of every other branch minus the baseline.
 
 Each stage lives in ``<root>/<dataset>/seed<N>/<stage>/`` with its complete ``config.yaml``
 (so ``tools/train_net.py --eval-only --config-file <stage>/config.yaml MODEL.WEIGHTS
@@ -21,47 +26,126 @@ import hashlib
 import json
 import os
 import re
-import statistics
 import time
 from dataclasses import dataclass
+from typing import Optional, Tuple
 
 from detectron2.data import DatasetCatalog
 
 from ..config import load_config
 from ..utils.atomic_io import atomic_write, atomic_write_json
 from .progress import EvaluationProgress, TrainingProgress
+from .quality_curves import read_metrics
 from .trainer import DEARLiTrainer
 
-BURN_IN, SUPERVISED_ONLY, SEMI_SUPERVISED = "burn_in", "supervised_only", "semi_supervised"
-STAGES = (BURN_IN, SUPERVISED_ONLY, SEMI_SUPERVISED)
-STAGE_TITLES = {BURN_IN: "burn-in (shared start)", SUPERVISED_ONLY: "supervised-only",
-                SEMI_SUPERVISED: "semi-supervised"}
-DIFFERENCE = "difference"  # semi_supervised - supervised_only, paired by seed
+WARM_UP, BURN_IN, BRANCH = "warm_up", "burn_in", "branch"  # roles: which budget a stage trains for
+ROLES = (WARM_UP, BURN_IN, BRANCH)
+SUPERVISED_ONLY, SEMI_SUPERVISED = "supervised_only", "semi_supervised"
 METRICS = ("PQ", "SQ", "RQ", "mIoU")
 MODELS = ("student", "teacher")
+PSEUDO_QUALITY = ("PQ", "SQ", "RQ", "mIoU", "coverage")  # pseudo_quality/<key> of the quality hook
 RESULT_FILE = "result.json"
-# Supervised stages: no pseudo-labels, so no unlabeled images loaded (the loader reads
-# DATASETS.TRAIN_UNLABELED only with SSL.ENABLED); it stays set, so that SSL.PSEUDO_QUALITY_IMAGES
-# scores every stage's teacher on the same unlabeled images.
-_SUPERVISED = {"SSL.ENABLED": False}
+WALL_TIME_FILE = "wall_seconds.json"  # training + evaluation seconds of every run of the stage's config
+RESERVED_NAMES = ("visuals", "differences")  # folders / summary keys that are not stages
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One row of a protocol table.
+
+    ``config_file`` None means the dataset's config; ``overrides`` (``KEY VALUE`` strings) come
+    after it and after the tool's options for every stage, and before the protocol's own settings
+    (output folder, seed, budget, start weights, SSL.ENABLED), which win. ``start`` names an
+    earlier stage whose final checkpoint student and teacher load (None: the config's weights).
+    ``short`` names the row in difference titles (default: the title).
+    """
+
+    name: str
+    title: str
+    role: str = BRANCH
+    semi_supervised: bool = False
+    start: Optional[str] = None
+    config_file: Optional[str] = None
+    overrides: Tuple[str, ...] = ()
+    short: str = ""
+
+    def __post_init__(self):
+        if not re.fullmatch(r"[A-Za-z0-9_]+", self.name) or self.name in RESERVED_NAMES:
+            raise ValueError(f"stage name {self.name!r}: use letters, digits and '_', not {RESERVED_NAMES}")
+        if self.role not in ROLES:
+            raise ValueError(f"stage {self.name}: role {self.role!r} is not one of {ROLES}")
+        if len(self.overrides) % 2:
+            raise ValueError(f"stage {self.name}: overrides {list(self.overrides)} are not KEY VALUE pairs")
+        if self.role == WARM_UP and self.semi_supervised:
+            raise ValueError(f"stage {self.name}: a warm-up trains on class-agnostic masks only, not semi-supervised")
+
+    @property
+    def label(self) -> str:
+        return self.short or self.title
+
+
+@dataclass(frozen=True)
+class Table:
+    """The stages of one dataset, starts before the stages that start from them, and the branch
+    every other branch is compared with (paired by seed)."""
+
+    stages: Tuple[Stage, ...]
+    baseline: str = SUPERVISED_ONLY
+
+    def __post_init__(self):
+        seen = set()
+        for stage in self.stages:
+            if stage.name in seen:
+                raise ValueError(f"stage {stage.name} appears twice in the table")
+            if stage.start is not None and stage.start not in seen:
+                raise ValueError(f"stage {stage.name} starts from {stage.start!r}, which is not an earlier stage")
+            seen.add(stage.name)
+        if self.baseline not in {s.name for s in self.branches}:
+            raise ValueError(f"baseline {self.baseline!r} is not a branch of the table")
+
+    def stage(self, name: str) -> Stage:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(f"no stage {name!r} in the table (stages: {[s.name for s in self.stages]})")
+
+    @property
+    def branches(self) -> Tuple[Stage, ...]:
+        return tuple(s for s in self.stages if s.role == BRANCH)
+
+    @property
+    def compared(self) -> Tuple[Stage, ...]:
+        """The branches reported as a paired difference against the baseline."""
+        return tuple(s for s in self.branches if s.name != self.baseline)
+
+
+# The semi- vs supervised-only comparison of the benchmark and the demo.
+CLASSIC = Table((
+    Stage(BURN_IN, "burn-in (shared start)", BURN_IN),
+    Stage(SUPERVISED_ONLY, "supervised-only", start=BURN_IN, short="supervised"),
+    Stage(SEMI_SUPERVISED, "semi-supervised", semi_supervised=True, start=BURN_IN, short="semi"),
+))
+STAGES = CLASSIC.stages
 
 
 @dataclass(frozen=True)
 class Budget:
-    """Iterations of the shared start and of each branch, evaluations and checkpoints per stage."""
+    """Iterations per role, evaluations and checkpoints per stage."""
 
     burn_in_iters: int
     branch_iters: int
     evals_per_stage: int = 1  # evenly spaced; the last one at the end of the stage
     checkpoint_period: int = 500  # resumability of an interrupted stage
+    warmup_iters: int = 0  # the class-agnostic warm-up of the tables that have one
 
-    def iterations(self, stage: str) -> int:
-        return self.burn_in_iters if stage == BURN_IN else self.branch_iters
+    def iterations(self, role: str) -> int:
+        return {WARM_UP: self.warmup_iters, BURN_IN: self.burn_in_iters, BRANCH: self.branch_iters}[role]
 
-    def solver_settings(self, stage: str) -> dict:
-        iterations = self.iterations(stage)
-        # EVAL_PERIOD 0: Detectron2's EvalHook then evaluates once, after the last iteration.
-        period = iterations // self.evals_per_stage if self.evals_per_stage > 1 else 0
+    def solver_settings(self, role: str) -> dict:
+        iterations = self.iterations(role)
+        # EVAL_PERIOD 0: Detectron2's EvalHook then evaluates once, after the last iteration
+        # (a warm-up has no evaluation: its model has one class-agnostic class).
+        period = iterations // self.evals_per_stage if self.evals_per_stage > 1 and role != WARM_UP else 0
         return {"SOLVER.MAX_ITER": iterations, "TEST.EVAL_PERIOD": period,
                 "SOLVER.CHECKPOINT_PERIOD": self.checkpoint_period}
 
@@ -70,16 +154,21 @@ def stage_dir(root: str, dataset: str, seed: int, stage: str) -> str:
     return os.path.join(root, dataset, f"seed{seed}", stage)
 
 
-def stage_config(config_file: str, opts, root: str, dataset: str, seed: int, stage: str, budget: Budget):
-    """The frozen config of one stage: ``config_file``, then the ``KEY VALUE`` ``opts``, then the
-    protocol's own settings (output folder, seed, budget, what the stage trains on), which win."""
-    settings = {"OUTPUT_DIR": os.path.abspath(stage_dir(root, dataset, seed, stage)), "SEED": seed,
-                **budget.solver_settings(stage)}
-    if stage != BURN_IN:
-        start = os.path.join(os.path.abspath(stage_dir(root, dataset, seed, BURN_IN)), "model_final.pth")
+def stage_config(config_file: str, opts, root: str, dataset: str, seed: int, stage: Stage, budget: Budget):
+    """The frozen config of one stage: its config file (else ``config_file``), the ``KEY VALUE``
+    ``opts``, the stage's overrides, then the protocol's own settings, which win."""
+    settings = {"OUTPUT_DIR": os.path.abspath(stage_dir(root, dataset, seed, stage.name)), "SEED": seed,
+                **budget.solver_settings(stage.role), "SSL.ENABLED": stage.semi_supervised}
+    if stage.start is not None:
+        start = os.path.join(os.path.abspath(stage_dir(root, dataset, seed, stage.start)), "model_final.pth")
         settings.update({"MODEL.WEIGHTS": start, "MODEL.TEACHER.WEIGHTS": start})
-    settings.update(_SUPERVISED if stage != SEMI_SUPERVISED else {"SSL.ENABLED": True})
-    cfg = load_config(config_file, list(opts) + [item for pair in settings.items() for item in pair])
+    if stage.role == WARM_UP:
+        # One class-agnostic class: nothing to evaluate, no panoptic pseudo-labels to score.
+        settings.update({"DATASETS.TEST": "()", "SSL.PSEUDO_QUALITY_IMAGES": 0})
+    # Supervised stages load no unlabeled images (the loader reads DATASETS.TRAIN_UNLABELED only with
+    # SSL.ENABLED); it stays set, so SSL.PSEUDO_QUALITY_IMAGES scores every stage's teacher on them.
+    overrides = list(opts) + list(stage.overrides) + [item for pair in settings.items() for item in pair]
+    cfg = load_config(stage.config_file or config_file, overrides)
     cfg.freeze()
     return cfg
 
@@ -88,14 +177,19 @@ def config_digest(cfg) -> str:
     return hashlib.sha256(cfg.dump().encode()).hexdigest()
 
 
-def finished_result(cfg):
-    """The stage's result.json dict when it was written for exactly ``cfg``, else None."""
-    path = os.path.join(cfg.OUTPUT_DIR, RESULT_FILE)
+def _read_json_for(cfg, name: str):
+    """The dict in ``OUTPUT_DIR/name`` when it was written for exactly ``cfg``, else None."""
+    path = os.path.join(cfg.OUTPUT_DIR, name)
     if not os.path.isfile(path):
         return None
     with open(path) as f:
-        result = json.load(f)
-    return result if result.get("config_sha256") == config_digest(cfg) else None
+        content = json.load(f)
+    return content if content.get("config_sha256") == config_digest(cfg) else None
+
+
+def finished_result(cfg):
+    """The stage's result.json dict when it was written for exactly ``cfg``, else None."""
+    return _read_json_for(cfg, RESULT_FILE)
 
 
 class ProtocolTrainer(DEARLiTrainer):
@@ -119,12 +213,39 @@ class ProtocolTrainer(DEARLiTrainer):
 
 
 def _forget_stale_progress(output_dir: str) -> None:
-    """Drop the resume pointer and result of a run with another config, so the stage restarts
-    from MODEL.WEIGHTS (the files they name are overwritten as training proceeds)."""
-    for name in ("last_checkpoint", RESULT_FILE):
+    """Drop the resume pointer, result and wall time of a run with another config, so the stage
+    restarts from MODEL.WEIGHTS (the files they name are overwritten as training proceeds)."""
+    for name in ("last_checkpoint", RESULT_FILE, WALL_TIME_FILE):
         path = os.path.join(output_dir, name)
         if os.path.isfile(path):
             os.remove(path)
+
+
+def final_pseudo_quality(metrics_path: str) -> dict:
+    """{PQ, SQ, RQ, mIoU, coverage} of the last pseudo-label quality record in ``metrics_path``
+    (the end of the stage); {} when the stage logged none."""
+    if not os.path.isfile(metrics_path):
+        return {}
+    records = [r for r in read_metrics(metrics_path) if "pseudo_quality/PQ" in r]
+    if not records:
+        return {}
+    return {key: records[-1][f"pseudo_quality/{key}"] for key in PSEUDO_QUALITY if f"pseudo_quality/{key}" in records[-1]}
+
+
+def _train_timed(cfg, description: str, resume: bool) -> Tuple[dict, float, float]:
+    """Train; (metrics, wall seconds of this run, of every run of this config so far). They are saved
+    even when training stops with an exception (Ctrl-C), so a resumed stage counts them."""
+    earlier = (_read_json_for(cfg, WALL_TIME_FILE) or {}).get("seconds", 0.0) if resume else 0.0
+    start = time.perf_counter()
+    try:
+        trainer = ProtocolTrainer(cfg, description)
+        trainer.resume_or_load(resume=resume)
+        metrics = trainer.train()
+    finally:
+        this_run = time.perf_counter() - start
+        atomic_write_json(os.path.join(cfg.OUTPUT_DIR, WALL_TIME_FILE),
+                          {"seconds": earlier + this_run, "config_sha256": config_digest(cfg)})
+    return metrics, this_run, earlier + this_run
 
 
 def run_stage(cfg, description: str, fresh: bool = False) -> dict:
@@ -147,23 +268,24 @@ def run_stage(cfg, description: str, fresh: bool = False) -> dict:
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     with atomic_write(config_path, "w") as f:
         f.write(cfg.dump())
-    start = time.perf_counter()
-    trainer = ProtocolTrainer(cfg, description)
-    trainer.resume_or_load(resume=resume)
-    metrics = trainer.train()
+    metrics, this_run, wall_seconds = _train_timed(cfg, description, resume)
     result = {"metrics": metrics, "iterations": cfg.SOLVER.MAX_ITER, "config_sha256": config_digest(cfg),
-              "seconds_of_last_run": time.perf_counter() - start}
+              "seconds_of_last_run": this_run, "wall_seconds": wall_seconds,
+              "pseudo_quality": final_pseudo_quality(os.path.join(cfg.OUTPUT_DIR, "metrics.json"))}
     atomic_write_json(os.path.join(cfg.OUTPUT_DIR, RESULT_FILE), result, indent=1)
     return result
 
 
 def stage_scores(metrics: dict) -> dict:
-    """{model: {PQ, SQ, RQ, mIoU, IoU: {class: IoU}}} for the student and (if evaluated) the teacher."""
+    """{model: {PQ, SQ, RQ, mIoU, IoU: {class: IoU}}} for the student and (if evaluated) the teacher;
+    {} for a stage without evaluation (a warm-up)."""
     def pick(results):
         scores = {m: results["panoptic_seg"][m] for m in METRICS[:3]}
         scores["mIoU"] = results["sem_seg"]["mIoU"]
         scores["IoU"] = {k[len("IoU-"):]: v for k, v in results["sem_seg"].items() if k.startswith("IoU-")}
         return scores
+    if "panoptic_seg" not in metrics:
+        return {}
     return {"student": pick(metrics), **({"teacher": pick(metrics["teacher"])} if "teacher" in metrics else {})}
 
 
@@ -175,81 +297,24 @@ def seeds_in(root: str, dataset: str) -> list:
     return sorted(int(m.group(1)) for m in (re.fullmatch(r"seed(\d+)", n) for n in os.listdir(folder)) if m)
 
 
-def finished_runs(root: str, datasets, config_of) -> dict:
-    """runs[dataset][stage][seed] = scores of every finished stage in ``root``, whatever run
-    finished it. ``config_of(dataset, seed, stage)`` is the stage's expected config: a stage
+def finished_runs(root: str, tables: dict, config_of) -> dict:
+    """runs[dataset][stage][seed] = scores (:func:`stage_scores`), ``wall_seconds`` and, when
+    measured, ``pseudo_quality`` of every finished stage of ``tables[dataset]`` in ``root``, whatever
+    run finished it. ``config_of(dataset, seed, stage)`` is the stage's expected config: a stage
     finished under other settings does not count."""
     runs = {}
-    for dataset in datasets:
-        by_stage = {stage: {} for stage in STAGES}
+    for dataset, table in tables.items():
+        by_stage = {stage.name: {} for stage in table.stages}
         for seed in seeds_in(root, dataset):
-            for stage in STAGES:
-                result = finished_result(config_of(dataset, seed, stage))
+            for stage in table.stages:
+                result = finished_result(config_of(dataset, seed, stage.name))
                 if result is not None:
-                    by_stage[stage][seed] = stage_scores(result["metrics"])
+                    entry = stage_scores(result["metrics"])
+                    # Results of versions before wall time was summed over runs: their last run.
+                    entry["wall_seconds"] = result.get("wall_seconds", result.get("seconds_of_last_run"))
+                    if result.get("pseudo_quality"):
+                        entry["pseudo_quality"] = result["pseudo_quality"]
+                    by_stage[stage.name][seed] = entry
         if any(by_stage.values()):
             runs[dataset] = by_stage
     return runs
-
-
-def mean_std(values) -> dict:
-    """Mean and sample standard deviation (0 for a single value) of ``values``."""
-    values = list(values)
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values)}
-
-
-def _summarize_stage(by_seed: dict) -> dict:
-    entry = {"seeds": sorted(by_seed)}
-    for model in MODELS:
-        scores = [s[model] for s in by_seed.values() if model in s]
-        if scores:
-            entry[model] = {m: mean_std(s[m] for s in scores) for m in METRICS}
-            entry[model]["IoU"] = {c: mean_std(s["IoU"][c] for s in scores) for c in scores[0]["IoU"]}
-    return entry
-
-
-def summarize(runs: dict) -> dict:
-    """Mean +- sample std per dataset, stage, model and metric, and the paired difference of the
-    branches over the seeds where both finished."""
-    summary = {}
-    for dataset, by_stage in runs.items():
-        summary[dataset] = {stage: _summarize_stage(by_seed) for stage, by_seed in by_stage.items() if by_seed}
-        semi, supervised = by_stage.get(SEMI_SUPERVISED, {}), by_stage.get(SUPERVISED_ONLY, {})
-        paired = sorted(set(semi) & set(supervised))
-        if paired:
-            summary[dataset][DIFFERENCE] = {"seeds": paired, **{
-                model: {m: mean_std(semi[s][model][m] - supervised[s][model][m] for s in paired) for m in METRICS}
-                for model in MODELS if all(model in semi[s] and model in supervised[s] for s in paired)}}
-    return summary
-
-
-def _cell(stat: dict, signed: bool = False) -> str:
-    mean = f"{stat['mean']:+.1f}" if signed else f"{stat['mean']:.1f}"
-    return f"{mean} +- {stat['std']:.1f}" if stat["n"] > 1 else mean
-
-
-def markdown(summary: dict) -> str:
-    """Per dataset: a table of stage x model (mean +- sample std over seeds, the seeds counted), and
-    the student's per-class IoU."""
-    lines = []
-    for dataset, entry in summary.items():
-        lines += [f"### {dataset}", "", "| stage | model | seeds | " + " | ".join(METRICS) + " |",
-                  "|---|---|---|" + "---|" * len(METRICS)]
-        for stage in (*STAGES, DIFFERENCE):
-            title = STAGE_TITLES.get(stage, "**difference** (semi - supervised, paired)")
-            for model in MODELS:
-                if model in entry.get(stage, {}):
-                    cells = [_cell(entry[stage][model][m], stage == DIFFERENCE) for m in METRICS]
-                    seeds = ", ".join(map(str, entry[stage]["seeds"]))
-                    lines.append(f"| {title} | {model} | {seeds} | " + " | ".join(cells) + " |")
-        stages = [s for s in STAGES if "student" in entry.get(s, {})]
-        if stages:
-            classes = list(entry[stages[0]]["student"]["IoU"])
-            lines += ["", "Per-class IoU (student, mean over seeds):", "",
-                      "| stage | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
-            for stage in stages:
-                iou = entry[stage]["student"]["IoU"]
-                lines.append(f"| {STAGE_TITLES[stage]} | " + " | ".join(f"{iou[c]['mean']:.1f}" for c in classes) + " |")
-        lines.append("")
-    return "\n".join(lines)
