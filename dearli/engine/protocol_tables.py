@@ -33,8 +33,13 @@ DEARLI_FROM_SAM = os.path.join(CONFIGS, "shapes", "tiny_dearli_from_sam_warmup.y
 TINY_SAM_LABELS = os.path.join(REPO_ROOT, "output", "shapes", "tiny_sam_labels", "dearli_tiny",
                                "points_per_side_16_pred_iou_thresh_0.1_stability_score_thresh_0")
 
+DEAR_TAGS = os.path.join(CONFIGS, "shapes", "tiny_dear_clip_tags.yaml")  # DEAR_CLIP + derived tags on half
+
 NO_ENSEMBLE = ("MODEL.CLIP_HEAD.ENSEMBLE_ALPHA", "0.0")  # the zero-shot branch off: plain mean teacher
 SAM_LABELS = ("SAM.LABEL_DIR", TINY_SAM_LABELS)
+# The optional extensions (README "Optional extensions"), each one row on top of DEAR.
+DEFINITIONS = ("MODEL.CLIP_HEAD.CLASS_DEFINITIONS", "shapes")
+DENSE_GUIDANCE = ("SSL.DENSE_CLIP_GUIDANCE.ENABLED", "True")
 # The upper bound: the same warm-up on ORACLE proposals (ground-truth segments without classes).
 ORACLE_PROPOSALS = ("DATASETS.TRAIN", "('dearli_shapes_sam_oracle_train',)", "SAM.LABEL_DIR", "")
 
@@ -46,6 +51,12 @@ ABLATION_SHAPES = Table((
           overrides=NO_ENSEMBLE, short="mean teacher"),
     Stage("dear", "DEAR (tiny CLIP, alpha 0.4)", semi_supervised=True, start="burn_in", config_file=DEAR_CLIP,
           short="DEAR"),
+    Stage("dear_definitions", "DEAR + class definitions (SemiVL)", semi_supervised=True, start="burn_in",
+          config_file=DEAR_CLIP, overrides=DEFINITIONS, short="+definitions"),
+    Stage("dear_dense", "DEAR + dense CLIP guidance (SemiVL)", semi_supervised=True, start="burn_in",
+          config_file=DEAR_CLIP, overrides=DENSE_GUIDANCE, short="+dense CLIP"),
+    Stage("dear_tags", "DEAR + tags on half the unlabeled images (DecoupledNet)", semi_supervised=True,
+          start="burn_in", config_file=DEAR_TAGS, short="+tags"),
     Stage("sam_warmup", "warm-up on tiny-SAM masks", WARM_UP, config_file=SAM_WARMUP, overrides=SAM_LABELS),
     Stage("sam_burn_in", "burn-in after the tiny-SAM warm-up", BURN_IN, start="sam_warmup", config_file=DEAR_CLIP),
     Stage("dearli", "DEARLi (DEAR + tiny-SAM warm-up)", semi_supervised=True, start="sam_burn_in",

@@ -29,17 +29,39 @@ def test_ablation_rows_and_their_starts():
     assert starts == {
         "burn_in": (BURN_IN, None, False),
         "supervised_only": (BRANCH, "burn_in", False), "mean_teacher": (BRANCH, "burn_in", True),
-        "dear": (BRANCH, "burn_in", True),
+        "dear": (BRANCH, "burn_in", True), "dear_definitions": (BRANCH, "burn_in", True),
+        "dear_dense": (BRANCH, "burn_in", True), "dear_tags": (BRANCH, "burn_in", True),
         "sam_warmup": (WARM_UP, None, False), "sam_burn_in": (BURN_IN, "sam_warmup", False),
         "dearli": (BRANCH, "sam_burn_in", True),
         "oracle_warmup": (WARM_UP, None, False), "oracle_burn_in": (BURN_IN, "oracle_warmup", False),
         "dearli_oracle": (BRANCH, "oracle_burn_in", True),
     }
-    assert [s.name for s in ABLATION_SHAPES.compared] == ["mean_teacher", "dear", "dearli", "dearli_oracle"]
+    assert [s.name for s in ABLATION_SHAPES.compared] == [
+        "mean_teacher", "dear", "dear_definitions", "dear_dense", "dear_tags", "dearli", "dearli_oracle"]
     assert [s.name for s in ABLATION_CAMVID.compared] == ["mean_teacher"]
     # The benchmark and the demo keep the classic three stages.
     assert TABLES["benchmark"]["shapes"] is TABLES["demo"]["camvid"] is protocol.CLASSIC
     assert [s.name for s in protocol.STAGES] == ["burn_in", "supervised_only", "semi_supervised"]
+
+
+def test_extension_rows_differ_from_dear_only_in_their_extension(tmp_path):
+    budget = protocol.Budget(burn_in_iters=4, branch_iters=4)
+
+    def config(name):
+        return protocol.stage_config("", [], str(tmp_path), "shapes", 1, ABLATION_SHAPES.stage(name), budget)
+
+    dear = config("dear")
+    assert (dear.MODEL.CLIP_HEAD.CLASS_DEFINITIONS, dear.SSL.DENSE_CLIP_GUIDANCE.ENABLED,
+            dear.SSL.IMAGE_TAGS.ENABLED) == ("", False, False)
+    changed = {"dear_definitions": ("MODEL.CLIP_HEAD.CLASS_DEFINITIONS", "shapes"),
+               "dear_dense": ("SSL.DENSE_CLIP_GUIDANCE.ENABLED", True), "dear_tags": ("SSL.IMAGE_TAGS.ENABLED", True)}
+    for name, (key, value) in changed.items():
+        row = config(name)
+        node = row
+        for part in key.split("."):
+            node = node[part]
+        assert node == value, name
+        assert row.OUTPUT_DIR != dear.OUTPUT_DIR and row.MODEL.WEIGHTS == dear.MODEL.WEIGHTS  # same start
 
 
 def test_budget_per_role_and_no_evaluation_in_a_warm_up():
