@@ -9,6 +9,7 @@ from detectron2.config import CfgNode as CN
 def add_extension_config(cfg):
     """Add the extensions' keys (all disabled by default) to ``cfg``; called by ``add_dearli_config``."""
     _add_sam_refine_config(cfg)
+    _add_sam_refine_data_config(cfg)
     _add_image_tags_config(cfg)
     _add_class_definitions_config(cfg)
     _add_dense_guidance_config(cfg)
@@ -113,3 +114,16 @@ def _add_dense_guidance_config(cfg):
     cfg.SSL.DENSE_CLIP_GUIDANCE.WEIGHT = 0.1
     # True: lambda(t) = WEIGHT * (1 - t / SOLVER.MAX_ITER) (SemiVL's linear decay); False: constant.
     cfg.SSL.DENSE_CLIP_GUIDANCE.DECAY = True
+
+
+def _add_sam_refine_data_config(cfg):
+    """Where the SAM-guided refinement (SSL.SAM_REFINE, see _add_sam_refine_config) finds the
+    unlabeled images' SAM masks (read by ``dearli.data.sam_masks.refine_mask_cache``)."""
+    # SAM label folder (the one holding meta.json, written by tools/generate_sam_pseudolabels.py)
+    # with the masks of the DATASETS.TRAIN_UNLABELED images. Empty = SAM.LABEL_DIR (one cache serves
+    # the warm-up and the refinement), else the folder each dataset dict names (sam_label_dir).
+    cfg.SSL.SAM_REFINE.LABEL_DIR = ""
+    # The unlabeled mapper also emits each view's SAM masks at the crop's full resolution
+    # (bit-packed, K/8 bytes per pixel), and the refinement pastes the chosen ones from them instead
+    # of upsampling the MATCH_STRIDE masks (blocky edges: ~0.1 IoU on the toy benchmark).
+    cfg.SSL.SAM_REFINE.PASTE_FULL_RESOLUTION = True

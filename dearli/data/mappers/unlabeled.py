@@ -15,6 +15,13 @@ coin, partner choice, partner views, box.
 With SSL.IMAGE_TAGS.ENABLED the sample and its ``cutmix`` entry also carry ``image_tags`` (bool
 [C], multi-hot) and ``has_tags`` (:func:`dearli.data.image_tags.image_tag_fields`); reading them
 draws nothing from ``rng``, so the views are those of a run without tags.
+
+With SSL.SAM_REFINE.ENABLED the sample (and its ``cutmix`` entry) also carries ``sam_masks``: the
+image's cached SAM masks under exactly its weak view's resize, crop, flip and padding, bool
+[K, H/s, W/s] on the padded canvas at s = SSL.SAM_REFINE.MATCH_STRIDE (``dearli.data.sam_masks``),
+or None for an image without masks under SSL.SAM_REFINE.MISSING_MASKS "skip"; with
+PASTE_FULL_RESOLUTION also ``sam_masks_packed``, the same masks at the canvas size, bit-packed.
+Reading them draws nothing from ``rng`` either.
 """
 import copy
 from typing import Callable, Optional, Tuple
@@ -39,6 +46,7 @@ from .augmentation import (
 )
 from ..datasets.splits import image_only
 from ..image_tags import image_tag_fields
+from ..sam_masks import SamMaskCache, refine_mask_cache
 from .panoptic_targets import panoptic_ids, panoptic_instances, read_panoptic_rgb, read_training_image
 
 
@@ -57,6 +65,9 @@ class UnlabeledWeakStrongMapper:
         size_divisibility: int,
         pad_value: int,
         tag_classes: int = 0,
+        sam_masks: Optional[SamMaskCache] = None,
+        sam_stride: int = 4,
+        sam_full_resolution: bool = False,
     ):
         """
         Args:
@@ -67,6 +78,9 @@ class UnlabeledWeakStrongMapper:
             cutmix_aspect: box height/width range.
             size_divisibility, pad_value: padding of every view (right/bottom).
             tag_classes: C, to carry image tags as multi-hot [C] vectors; 0 = no tag fields.
+            sam_masks: reader of the cached SAM masks to emit (SSL.SAM_REFINE); None = emit none.
+            sam_stride: stride of the emitted masks on the padded canvas (SSL.SAM_REFINE.MATCH_STRIDE).
+            sam_full_resolution: also emit them bit-packed at the canvas size (PASTE_FULL_RESOLUTION).
         """
         for name, (low, high) in (("CUTMIX_AREA", cutmix_area), ("CUTMIX_ASPECT", cutmix_aspect)):
             if not 0 < low <= high:
@@ -79,6 +93,7 @@ class UnlabeledWeakStrongMapper:
         self.size_divisibility = size_divisibility
         self.pad_value = pad_value
         self.tag_classes = tag_classes
+        self.sam_masks, self.sam_stride, self.sam_full_resolution = sam_masks, sam_stride, sam_full_resolution
 
     @classmethod
     def from_config(cls, cfg, is_train=True):
@@ -86,7 +101,11 @@ class UnlabeledWeakStrongMapper:
             raise ValueError("the unlabeled weak/strong mapper is for training only (is_train=False given)")
         check_rgb_format(cfg.INPUT.FORMAT)
         unlabeled = cfg.INPUT.UNLABELED
+        sam_masks, sam_stride, sam_full_resolution = refine_mask_cache(cfg)
         return {
+            "sam_masks": sam_masks,
+            "sam_stride": sam_stride,
+            "sam_full_resolution": sam_full_resolution,
             "geometry": GeometrySpec.from_config(cfg),
             "strong": StrongColorSpec.from_config(cfg),
             "cutmix_prob": float(unlabeled.CUTMIX_PROB),
@@ -129,7 +148,7 @@ class UnlabeledWeakStrongMapper:
         partner = None
         if draw_partner is not None and rng.random() < self.cutmix_prob:
             partner_dict = draw_partner(rng)
-            partner = (partner_dict, *self.views(partner_dict, rng)[:2])
+            partner = (partner_dict, *self._views_and_geometry(partner_dict, rng))
 
         image_hws = [weak.shape[-2:]] + ([partner[1].shape[-2:]] if partner else [])
         canvas_hw = padded_size(
@@ -148,7 +167,16 @@ class UnlabeledWeakStrongMapper:
             sample["cutmix"] = self._cutmix_entry(partner, canvas_hw, rng)
         if self.tag_classes:
             sample.update(image_tag_fields(dataset_dict, self.tag_classes))
+        if self.sam_masks is not None:
+            sample.update(self._sam_fields(dataset_dict, (height, width), transforms, canvas_hw))
+            if partner is not None:
+                partner_dict, _, _, partner_hw, partner_transforms = partner
+                sample["cutmix"].update(self._sam_fields(partner_dict, partner_hw, partner_transforms, canvas_hw))
         return sample, transforms
+
+    def _sam_fields(self, dataset_dict, image_hw, transforms, canvas_hw):
+        return self.sam_masks.view_fields(dataset_dict, image_hw, transforms, canvas_hw, self.sam_stride,
+                                          self.sam_full_resolution)
 
     def _padded_views(self, weak, strong, canvas_hw):
         return {
@@ -158,7 +186,7 @@ class UnlabeledWeakStrongMapper:
         }
 
     def _cutmix_entry(self, partner, canvas_hw, rng):
-        partner_dict, weak, strong = partner
+        partner_dict, weak, strong = partner[:3]
         # As in the reference the box lies anywhere in the partner crop, so it may cover the main
         # image's padding: the student's valid area becomes main valid | box (engine/pseudo_labels).
         box = sample_cutmix_box(tuple(weak.shape[-2:]), self.cutmix_area, self.cutmix_aspect, rng)
