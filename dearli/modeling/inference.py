@@ -18,6 +18,10 @@ distribution to those classes + void (:mod:`.tag_constraint`); without it nothin
 The rule is computed with fixed-shape tensor ops only (no boolean indexing, no ``unique``, no host
 read): :func:`panoptic_segments` returns tensors and a device-side segment count, so the teacher's
 pseudo-label path waits for the device once per batch (:func:`trim_segments`), not per image.
+
+On request (``prob_logits``, for the teacher's SAM-guided refinement) each segment also keeps its
+probability map: sigmoid of its query's mask logits, the pixel-wise max over the queries of a
+merged stuff segment (extensions.md §1 step 3). The segments themselves do not depend on it.
 """
 from dataclasses import dataclass
 from typing import Collection, Dict, List, Optional, Sequence, Tuple
@@ -32,13 +36,15 @@ class PanopticSegments:
     """One image's panoptic segmentation as tensors: ``seg`` int64 [H, W] with ids 0..n (0 = no
     segment) and per id-1 tables ``classes`` int64, ``isthing`` bool, ``scores`` float32 (a merged
     stuff segment's score is the largest of its queries). Rows past ``count`` (int64 0-dim, on
-    the device) are padding until :func:`trim_segments` cuts them."""
+    the device) are padding until :func:`trim_segments` cuts them. ``prob_maps`` float32
+    [rows, h, w]: the segments' probability maps when asked for (None otherwise)."""
 
     seg: torch.Tensor
     classes: torch.Tensor
     isthing: torch.Tensor
     scores: torch.Tensor
     count: torch.Tensor
+    prob_maps: Optional[torch.Tensor] = None
 
 
 def panoptic_segments(
@@ -48,6 +54,7 @@ def panoptic_segments(
     object_threshold: float,
     overlap_threshold: float,
     allowed_classes: Optional[torch.Tensor] = None,
+    prob_logits: Optional[torch.Tensor] = None,
 ) -> PanopticSegments:
     """The rules 1-5 of the module docstring for one image, without a host round trip.
 
@@ -56,6 +63,8 @@ def panoptic_segments(
         mask_logits: [Q, H, W] mask logits at the output resolution (any float dtype).
         thing_table: bool [C] on the device, True for thing classes (:func:`thing_table_of`).
         allowed_classes: optional bool [C]; classes outside it are never predicted (module docstring).
+        prob_logits: [Q, h, w] mask logits (any resolution, e.g. the stride-4 logits ``mask_logits``
+            were upsampled from) to make the segments' ``prob_maps`` of; None = no maps.
     """
     if allowed_classes is not None:
         class_scores = restrict_class_scores(class_scores, allowed_classes)
@@ -88,7 +97,18 @@ def panoptic_segments(
     classes = torch.zeros(num_queries + 1, dtype=torch.int64, device=device).scatter(0, slot, label_of_query)
     isthing = torch.zeros(num_queries + 1, dtype=torch.bool, device=device).scatter(0, slot, is_thing)
     best_score = scores.new_zeros(num_queries + 1).scatter_reduce(0, slot, scores, reduce="amax", include_self=False)
-    return PanopticSegments(seg, classes[:num_queries], isthing[:num_queries], best_score[:num_queries], count)
+    prob_maps = None if prob_logits is None else segment_prob_maps(prob_logits, slot)
+    return PanopticSegments(seg, classes[:num_queries], isthing[:num_queries], best_score[:num_queries], count, prob_maps)
+
+
+def segment_prob_maps(prob_logits: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+    """float32 [Q, h, w]: row k = pixel-wise max of sigmoid(logits) over the queries with slot k
+    (0 where no query has it); ``slot`` int64 [Q] in 0..Q, Q = dropped query."""
+    num_queries = len(slot)
+    probs = prob_logits.float().sigmoid()
+    maps = probs.new_zeros((num_queries + 1, *probs.shape[1:]))
+    index = slot[:, None, None].expand_as(probs)
+    return maps.scatter_reduce_(0, index, probs, "amax", include_self=False)[:num_queries]
 
 
 def _segment_ids(labels, is_thing, survives, num_classes: int):
@@ -121,7 +141,8 @@ def trim_segments(segments: Sequence[PanopticSegments]) -> List[PanopticSegments
         return []
     counts = torch.stack([s.count for s in segments]).tolist()
     return [
-        PanopticSegments(s.seg, s.classes[:n], s.isthing[:n], s.scores[:n], s.count)
+        PanopticSegments(s.seg, s.classes[:n], s.isthing[:n], s.scores[:n], s.count,
+                         None if s.prob_maps is None else s.prob_maps[:n])
         for s, n in zip(segments, counts)
     ]
 

@@ -206,6 +206,7 @@ class DEARLi(nn.Module):
         as_segments: bool = False,
         allowed_classes: Optional[Sequence[Optional[torch.Tensor]]] = None,
         dense_clip=None,
+        with_prob_maps: bool = False,
     ) -> Union[List[Tuple[torch.Tensor, List[Dict]]], List[PanopticSegments]]:
         """Panoptic predictions of raw images (uint8 [3, H, W] each, or an ImageList of raw pixel
         values) at each image's own size, with no resize back: the teacher's pseudo-labels.
@@ -216,7 +217,9 @@ class DEARLi(nn.Module):
         ``allowed_classes``: per image None or bool [C], the classes its queries may take (image tags).
 
         With ``dense_clip`` (a :class:`~dearli.modeling.dense_guidance.DenseCLIPGuidance`), returns
-        (predictions, its labels [B, H/4, W/4] from this forward's dense CLIP features)."""
+        (predictions, its labels [B, H/4, W/4] from this forward's dense CLIP features).
+        ``with_prob_maps`` (with ``as_segments``): each segment's probability map at the mask
+        resolution (stride 4 of the image's top-left, ``PanopticSegments.prob_maps``)."""
         if isinstance(images, ImageList):  # re-pad: the padding must be 0 after normalisation
             images = [images.tensor[i, :, :h, :w] for i, (h, w) in enumerate(images.image_sizes)]
         images = self.preprocess_images(images)
@@ -232,7 +235,7 @@ class DEARLi(nn.Module):
         allowed_classes = allowed_classes or [None] * len(class_scores)
         segments = trim_segments([
             panoptic_segments(scores, _upsample(masks, padded_size)[:, :h, :w], things, object_threshold, overlap_threshold,
-                              allowed)
+                              allowed, _image_part(masks, padded_size, (h, w)) if with_prob_maps else None)
             for scores, masks, (h, w), allowed in zip(class_scores, mask_logits, images.image_sizes, allowed_classes)
         ])
         predictions = segments if as_segments else [as_detectron2_panoptic(s) for s in segments]
@@ -300,6 +303,8 @@ class DEARLi(nn.Module):
             target["valid_mask"] = _pad_to(sample["valid_mask"], padded_size)
         if sample.get("segment_weights") is not None:
             target["weights"] = torch.as_tensor(sample["segment_weights"])
+        if sample.get("mask_weights") is not None:  # SAM refinement's PWA maps, [N, H, W] like the masks
+            target["mask_weights"] = _pad_to(sample["mask_weights"], padded_size, value=1.0)  # padding: unweighted
         return target
 
 
@@ -324,6 +329,14 @@ def _slice_outputs(outputs: Dict, start: int, stop: int) -> Dict:
     sliced = {key: outputs[key][start:stop] for key in ("pred_logits", "pred_masks")}
     sliced["aux_outputs"] = [_slice_outputs(aux, start, stop) for aux in outputs.get("aux_outputs", [])]
     return sliced
+
+
+def _image_part(mask_logits: torch.Tensor, padded_size, image_size) -> torch.Tensor:
+    """The cells of low-resolution mask logits [Q, h, w] of a padded batch canvas that cover an
+    image of ``image_size`` at its top-left (whole cells: rounded up)."""
+    rows = -(-image_size[0] * mask_logits.shape[-2] // padded_size[0])
+    cols = -(-image_size[1] * mask_logits.shape[-1] // padded_size[1])
+    return mask_logits[:, :rows, :cols]
 
 
 def _upsample(mask_logits: torch.Tensor, size) -> torch.Tensor:
@@ -374,8 +387,8 @@ def resize_panoptic(pan_seg: torch.Tensor, segments_info: List[Dict], size):
     return resized, [s for s in segments_info if areas[s["id"]] > 0]
 
 
-def _pad_to(mask: torch.Tensor, size) -> torch.Tensor:
-    """Pad a bool [..., h, w] map with False on the right/bottom to ``size``."""
+def _pad_to(mask: torch.Tensor, size, value=False) -> torch.Tensor:
+    """Pad a [..., h, w] map (bool: with False) on the right/bottom to ``size``."""
     pad_h, pad_w = size[0] - mask.shape[-2], size[1] - mask.shape[-1]
-    return F.pad(mask, (0, pad_w, 0, pad_h), value=False) if pad_h or pad_w else mask
+    return F.pad(mask, (0, pad_w, 0, pad_h), value=value) if pad_h or pad_w else mask
 
