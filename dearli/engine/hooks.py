@@ -19,6 +19,7 @@ from ..utils.atomic_io import atomic_write_json
 from .panels import panel_row
 from .pseudo_labels import pseudo_label_statistics
 from .teacher import MeanTeacher
+from .teacher_refinement import log_refinement
 from .visualization import draw_panoptic
 
 CLASS_COUNTS_FILE = "pseudo_label_class_counts.json"
@@ -70,6 +71,7 @@ class PseudoLabelTelemetry(HookBase):
         self.class_counts += stats.pop("class_counts")
         classes = stats.pop("classes").float()  # already on the host: read with the statistics
         storage.put_scalars(**{f"ssl/{k}": v for k, v in stats.items()})
+        log_refinement(storage, self.teacher.refinement)  # ssl/sam_refine/* (SSL.SAM_REFINE)
         if len(classes):
             storage.put_histogram("ssl/pseudo_label_classes", classes, bins=self.num_classes)
         if comm.is_main_process() and self.vis_period > 0 and storage.iter % self.vis_period == 0:

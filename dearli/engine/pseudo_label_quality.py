@@ -7,7 +7,9 @@ per-image seed (identical at every evaluation, in every run and branch). The unl
 ``with_ground_truth`` transforms the ground truth with the weak view's geometry. The targets that
 ``MeanTeacher.pseudo_label`` returns for these views (no CutMix partner, so before CutMix) are
 scored by :func:`dearli.evaluation.pseudo_labels.score_pseudo_labels`; the results go into the event
-storage as ``pseudo_quality/<metric>`` (metrics.json, TensorBoard). Main process only.
+storage as ``pseudo_quality/<metric>`` (metrics.json, TensorBoard). Main process only. With the
+SAM-guided refinement (SSL.SAM_REFINE) those are the refined targets, and the teacher's labels
+before refinement are scored too, as ``pseudo_quality_unrefined/<metric>``.
 """
 import logging
 import math
@@ -20,9 +22,11 @@ from ..data.datasets.withheld import withheld_ground_truth
 from ..data.mappers import UnlabeledWeakStrongMapper
 from ..evaluation.pseudo_labels import score_pseudo_labels
 from .teacher import MeanTeacher
+from .teacher_refinement import unrefined_targets
 
 logger = logging.getLogger(__name__)
 SCALAR_PREFIX = "pseudo_quality/"
+UNREFINED_PREFIX = "pseudo_quality_unrefined/"  # before the SAM refinement
 # Base of the per-image crop seeds: fixed, so every run and branch scores the same crops.
 CROP_SEED = 0
 
@@ -67,13 +71,25 @@ class PseudoLabelQuality(HookBase):
         return self._samples
 
     def score(self):
-        """The quality dict of :func:`score_pseudo_labels` for the teacher as it is now."""
+        """The quality dict of :func:`score_pseudo_labels` for the teacher as it is now (with the
+        SAM refinement also the scores of the labels before it, keys prefixed ``unrefined/``)."""
         samples = self.samples()
-        kept = self.teacher.last_pseudo_labels  # the training step's telemetry state stays untouched
+        refinement = self.teacher.refinement
+        # The training step's telemetry state stays untouched.
+        kept = self.teacher.last_pseudo_labels, refinement.last if refinement is not None else None
         try:
             targets = self.teacher.pseudo_label(samples)
+            unrefined = unrefined_targets(self.teacher, samples) if refinement is not None else []
         finally:
-            self.teacher.last_pseudo_labels = kept
+            self.teacher.last_pseudo_labels = kept[0]
+            if refinement is not None:
+                refinement.last = kept[1]
+        quality = self._score_targets(targets, samples)
+        if unrefined:
+            quality.update({"unrefined/" + k: v for k, v in self._score_targets(unrefined, samples).items()})
+        return quality
+
+    def _score_targets(self, targets, samples):
         predicted = [(t["instances"].gt_classes, t["instances"].gt_masks) for t in targets]
         truth = [(s["gt_instances"].gt_classes, s["gt_instances"].gt_masks) for s in samples]
         metadata = MetadataCatalog.get(self.dataset_name).as_dict()
@@ -86,5 +102,11 @@ class PseudoLabelQuality(HookBase):
         # NaN marks a class absent from both pseudo-labels and ground truth (or an empty group).
         self.trainer.storage.put_scalars(
             smoothing_hint=False,
-            **{SCALAR_PREFIX + key: value for key, value in quality.items() if not math.isnan(value)},
+            **{_scalar_name(key): value for key, value in quality.items() if not math.isnan(value)},
         )
+
+
+def _scalar_name(key: str) -> str:
+    if key.startswith("unrefined/"):
+        return UNREFINED_PREFIX + key[len("unrefined/"):]
+    return SCALAR_PREFIX + key

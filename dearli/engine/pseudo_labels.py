@@ -21,6 +21,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from detectron2.structures import Instances
 
+from .mask_weights import compact_weight_maps, cutmix_weight_maps, unit_weight_maps
+
 
 @dataclass
 class PanopticLabel:
@@ -143,17 +145,23 @@ def build_pseudo_labeled_sample(
     min_area: int = 0,
     restrict_to_valid: bool = False,
     with_segment_weights: bool = False,
+    mask_weights: Optional[Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]] = None,
 ) -> Tuple[Dict, PanopticLabel]:
     """The student's input for one unlabeled ``sample`` (see the unlabeled mapper's contract).
 
     Returns the strong (CutMixed) image, its valid mask, targets as ``instances``, the sample's
     ``sample_seed`` and, on request, ``segment_weights`` (teacher scores); and the final
-    :class:`PanopticLabel` (for telemetry and visualisation).
+    :class:`PanopticLabel` (for telemetry and visualisation). ``mask_weights`` = (main, partner)
+    per-segment pixel-weight maps (``dearli.engine.mask_weights``; None = ones) make the sample
+    carry ``mask_weights`` [K, H, W], composited by the same box as the segments.
     """
     image, valid = sample["strong_image"], sample["valid_mask"]
     if restrict_to_valid:
         main = restrict_to(main, valid)
     cutmix = sample.get("cutmix")
+    weights = None if mask_weights is None else mask_weights[0]
+    if mask_weights is not None and cutmix is None and weights is None:
+        weights = unit_weight_maps(main)
     if cutmix is not None:
         if partner is None:
             raise ValueError(f"{sample.get('file_name')}: CutMix partner given without its pseudo-label")
@@ -162,6 +170,8 @@ def build_pseudo_labeled_sample(
             partner = restrict_to(partner, cutmix["valid_mask"])
         image = cutmix_image(image, cutmix["strong_image"], box)
         valid = valid | box
+        if mask_weights is not None:
+            weights = cutmix_weight_maps(weights, mask_weights[1], box, main, partner)
         main = cutmix_labels(main, partner, box)
     label = merge_and_compact(main, min_area)
     out = {
@@ -176,6 +186,8 @@ def build_pseudo_labeled_sample(
     }
     if with_segment_weights:
         out["segment_weights"] = label.scores
+    if weights is not None:
+        out["mask_weights"] = compact_weight_maps(main, label, weights)
     return out, label
 
 

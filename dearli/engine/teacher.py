@@ -16,6 +16,7 @@ from ..modeling.weight_files import read_weight_file
 from .ema import ModelEMA, ema_decay, resolve_ema_ramp, unwrap_model
 from .pseudo_labels import PanopticLabel, build_pseudo_labeled_sample
 from .tag_teacher import TeacherTags
+from .teacher_refinement import TeacherRefinement, main_and_partner
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class MeanTeacher:
         # on pseudo-labeled images, so a supervised-only run (SSL off, e.g. a protocol stage) ignores it.
         guided = cfg.SSL.DENSE_CLIP_GUIDANCE.ENABLED and cfg.SSL.ENABLED
         self.dense_clip = DenseCLIPGuidance(cfg) if guided else None
+        self.refinement = TeacherRefinement.from_config(cfg)  # SSL.SAM_REFINE; None when off
         self.last_pseudo_labels = None  # PseudoLabels of the latest batch (None before the first)
         self.last_decay = None  # decay of the latest update
 
@@ -122,6 +124,8 @@ class MeanTeacher:
         optional = {} if self.dense_clip is None else {"dense_clip": self.dense_clip}  # off: today's call
         if self.tags:
             optional.update(self.tags.inference_kwargs(allowed))
+        if self.refinement is not None:  # each segment's probability map, for the SAM refinement
+            optional["with_prob_maps"] = True
         predictions = self.model.predict_panoptic(
             weak, zero_shot=self.zero_shot, object_threshold=self.object_threshold,
             overlap_threshold=self.overlap_threshold, as_segments=True, **optional,
@@ -131,12 +135,17 @@ class MeanTeacher:
         labels = [PanopticLabel(p.seg, p.classes, p.isthing, p.scores) for p in predictions]
         if self.tags:
             labels = self.tags.after_inference(labels, allowed)
-        partner_label = dict(zip(partners, labels[len(unlabeled):]))
+        weights = None  # per-view pixel-weight maps (SSL.SAM_REFINE.PWA)
+        if self.refinement is not None:  # before CutMix, each view with its own SAM masks
+            views = unlabeled + [unlabeled[i]["cutmix"] for i in partners]
+            labels, weights = self.refinement.refine(views, predictions, labels, len(unlabeled))
+        partner_of = dict(zip(partners, range(len(unlabeled), len(labels))))
         samples, final_labels = [], []
         for i, sample in enumerate(unlabeled):
             student_sample, label = build_pseudo_labeled_sample(
-                sample, labels[i], partner_label.get(i), min_area=self.min_area,
+                sample, labels[i], labels[partner_of[i]] if i in partner_of else None, min_area=self.min_area,
                 restrict_to_valid=self.restrict_to_valid, with_segment_weights=self.with_segment_weights,
+                mask_weights=main_and_partner(weights, i, partner_of.get(i)),
             )
             if self.tags:
                 student_sample.update(self.tags.student_fields(sample))
