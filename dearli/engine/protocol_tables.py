@@ -33,6 +33,7 @@ DEARLI_FROM_SAM = os.path.join(CONFIGS, "shapes", "tiny_dearli_from_sam_warmup.y
 TINY_SAM_LABELS = os.path.join(REPO_ROOT, "output", "shapes", "tiny_sam_labels", "dearli_tiny",
                                "points_per_side_16_pred_iou_thresh_0.1_stability_score_thresh_0")
 
+DEARLI_REFINED = os.path.join(CONFIGS, "shapes", "tiny_dearli_sam_refine.yaml")  # + SAM refinement of pseudo-labels
 DEAR_TAGS = os.path.join(CONFIGS, "shapes", "tiny_dear_clip_tags.yaml")  # DEAR_CLIP + derived tags on half
 
 NO_ENSEMBLE = ("MODEL.CLIP_HEAD.ENSEMBLE_ALPHA", "0.0")  # the zero-shot branch off: plain mean teacher
@@ -40,6 +41,7 @@ SAM_LABELS = ("SAM.LABEL_DIR", TINY_SAM_LABELS)
 # The optional extensions (README "Optional extensions"), each one row on top of DEAR.
 DEFINITIONS = ("MODEL.CLIP_HEAD.CLASS_DEFINITIONS", "shapes")
 DENSE_GUIDANCE = ("SSL.DENSE_CLIP_GUIDANCE.ENABLED", "True")
+REFINE_LABELS = ("SSL.SAM_REFINE.LABEL_DIR", TINY_SAM_LABELS)  # the warm-up's cache covers the unlabeled images
 # The upper bound: the same warm-up on ORACLE proposals (ground-truth segments without classes).
 ORACLE_PROPOSALS = ("DATASETS.TRAIN", "('dearli_shapes_sam_oracle_train',)", "SAM.LABEL_DIR", "")
 
@@ -61,6 +63,8 @@ ABLATION_SHAPES = Table((
     Stage("sam_burn_in", "burn-in after the tiny-SAM warm-up", BURN_IN, start="sam_warmup", config_file=DEAR_CLIP),
     Stage("dearli", "DEARLi (DEAR + tiny-SAM warm-up)", semi_supervised=True, start="sam_burn_in",
           config_file=DEARLI_FROM_SAM, short="DEARLi"),
+    Stage("dearli_refined", "DEARLi + SAM refinement of the pseudo-labels (SemiRES)", semi_supervised=True,
+          start="sam_burn_in", config_file=DEARLI_REFINED, overrides=REFINE_LABELS, short="+SAM refinement"),
     Stage("oracle_warmup", "warm-up on oracle proposals", WARM_UP, config_file=SAM_WARMUP, overrides=ORACLE_PROPOSALS),
     Stage("oracle_burn_in", "burn-in after the oracle warm-up", BURN_IN, start="oracle_warmup", config_file=DEAR_CLIP),
     Stage("dearli_oracle", "DEARLi, oracle proposals (upper bound)", semi_supervised=True, start="oracle_burn_in",

@@ -32,12 +32,12 @@ def test_ablation_rows_and_their_starts():
         "dear": (BRANCH, "burn_in", True), "dear_definitions": (BRANCH, "burn_in", True),
         "dear_dense": (BRANCH, "burn_in", True), "dear_tags": (BRANCH, "burn_in", True),
         "sam_warmup": (WARM_UP, None, False), "sam_burn_in": (BURN_IN, "sam_warmup", False),
-        "dearli": (BRANCH, "sam_burn_in", True),
+        "dearli": (BRANCH, "sam_burn_in", True), "dearli_refined": (BRANCH, "sam_burn_in", True),
         "oracle_warmup": (WARM_UP, None, False), "oracle_burn_in": (BURN_IN, "oracle_warmup", False),
         "dearli_oracle": (BRANCH, "oracle_burn_in", True),
     }
     assert [s.name for s in ABLATION_SHAPES.compared] == [
-        "mean_teacher", "dear", "dear_definitions", "dear_dense", "dear_tags", "dearli", "dearli_oracle"]
+        "mean_teacher", "dear", "dear_definitions", "dear_dense", "dear_tags", "dearli", "dearli_refined", "dearli_oracle"]
     assert [s.name for s in ABLATION_CAMVID.compared] == ["mean_teacher"]
     # The benchmark and the demo keep the classic three stages.
     assert TABLES["benchmark"]["shapes"] is TABLES["demo"]["camvid"] is protocol.CLASSIC

@@ -76,10 +76,15 @@ def test_ablation_preset_stage_configs(tmp_path):
             (1, (), 0) if warm_up else (9, ("dearli_shapes_val",), 16))
     alphas = {name: cfg[name].MODEL.CLIP_HEAD.ENSEMBLE_ALPHA for name in cfg if cfg[name].MODEL.SEM_SEG_HEAD.NUM_CLASSES > 1}
     assert alphas == {"burn_in": 0.0, "supervised_only": 0.0, "mean_teacher": 0.0, "dear": 0.4,
-                      "dear_definitions": 0.4, "dear_dense": 0.4, "dear_tags": 0.4, "sam_burn_in": 0.4, "dearli": 0.4, "oracle_burn_in": 0.4, "dearli_oracle": 0.4}
+                      "dear_definitions": 0.4, "dear_dense": 0.4, "dear_tags": 0.4, "sam_burn_in": 0.4, "dearli": 0.4,
+                      "dearli_refined": 0.4, "oracle_burn_in": 0.4, "dearli_oracle": 0.4}
     assert (cfg["sam_warmup"].DATASETS.TRAIN, cfg["sam_warmup"].SAM.LABEL_DIR) == (("dearli_shapes_sam_train",), TINY_SAM_LABELS)
     assert cfg["oracle_warmup"].DATASETS.TRAIN == ("dearli_shapes_sam_oracle_train",)
     assert cfg["dearli"].MODEL.TEACHER.WEIGHTS == str(seed_dir / "sam_burn_in" / "model_final.pth")
+    # SAM refinement: DEARLi's row with SSL.SAM_REFINE on, reading the warm-up's tiny-SAM cache.
+    refined, dearli = cfg["dearli_refined"].clone(), cfg["dearli"].clone()
+    assert (refined.SSL.SAM_REFINE.ENABLED, refined.SSL.SAM_REFINE.LABEL_DIR) == (True, TINY_SAM_LABELS)
+    assert not dearli.SSL.SAM_REFINE.ENABLED and refined.MODEL.WEIGHTS == dearli.MODEL.WEIGHTS
     # The Li rows differ from DEAR only in their start (MODEL.WEIGHTS, MODEL.TEACHER.WEIGHTS).
     for li_row in ("dearli", "dearli_oracle"):
         li, dear = cfg[li_row].clone(), cfg["dear"].clone()
