@@ -16,7 +16,7 @@ and per-pixel-logit tensors (§6 B6) are not produced; the per-segment teacher s
 becomes ``segment_weights`` only when MODEL.MASK_FORMER.PSEUDO_CONFIDENCE_WEIGHTING asks for it.
 """
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from detectron2.structures import Instances
@@ -36,25 +36,6 @@ class PanopticLabel:
     @property
     def num_segments(self) -> int:
         return len(self.classes)
-
-
-def label_from_prediction(pan_seg: torch.Tensor, segments_info: Sequence[Dict]) -> PanopticLabel:
-    """A :class:`PanopticLabel` from a panoptic prediction (``segments_info`` ids need not be contiguous).
-
-    Pixels whose id is not listed in ``segments_info`` become "no segment".
-    """
-    device = pan_seg.device
-    ids = torch.tensor([int(s["id"]) for s in segments_info], dtype=torch.int64, device=device)
-    classes = torch.tensor([int(s["category_id"]) for s in segments_info], dtype=torch.int64, device=device)
-    isthing = torch.tensor([bool(s["isthing"]) for s in segments_info], dtype=torch.bool, device=device)
-    scores = torch.tensor([float(s.get("score", 1.0)) for s in segments_info], dtype=torch.float32, device=device)
-    seg = pan_seg.to(torch.int64)
-    if len(ids) and (ids.min() < 1):
-        raise ValueError(f"segment ids must be >= 1 (0 means no segment), got {ids.tolist()}")
-    max_id = int(max(seg.max().item() if seg.numel() else 0, ids.max().item() if len(ids) else 0))
-    lookup = torch.zeros(max_id + 1, dtype=torch.int64, device=device)  # raw id -> 1..N, unknown -> 0
-    lookup[ids] = torch.arange(1, len(ids) + 1, device=device)
-    return PanopticLabel(lookup[seg.clamp(min=0)], classes, isthing, scores)
 
 
 def restrict_to(label: PanopticLabel, keep: torch.Tensor) -> PanopticLabel:

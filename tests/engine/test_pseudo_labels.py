@@ -7,7 +7,6 @@ from dearli.engine.pseudo_labels import (
     PanopticLabel,
     build_pseudo_labeled_sample,
     cutmix_labels,
-    label_from_prediction,
     merge_and_compact,
     pseudo_label_statistics,
 )
@@ -36,16 +35,6 @@ def as_set(label):
 
 def mask(rows):
     return np.array([[c == "1" for c in row] for row in rows]).tobytes()
-
-
-def test_label_from_prediction_renumbers_ids_and_drops_unlisted():
-    pan_seg = torch.tensor([[7, 7, 3], [0, 9, 3]], dtype=torch.int32)
-    info = [{"id": 7, "category_id": 4, "isthing": False, "score": 0.5},
-            {"id": 3, "category_id": 1, "isthing": True, "score": 0.9}]
-    label = label_from_prediction(pan_seg, info)
-    assert label.seg.tolist() == [[1, 1, 2], [0, 0, 2]]  # id 9 is not listed -> no segment
-    assert label.classes.tolist() == [4, 1] and label.isthing.tolist() == [False, True]
-    torch.testing.assert_close(label.scores, torch.tensor([0.5, 0.9]))
 
 
 def test_cutmix_by_hand_offsets_overwrites_merges_and_removes():
