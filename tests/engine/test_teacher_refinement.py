@@ -177,3 +177,43 @@ def test_probability_maps_follow_segments_the_tags_dropped():
     dropped = drop_untagged(label, torch.tensor([True, False, True, False, False]))  # class 4 untagged
     assert dropped.seg.tolist() == [[1, 1, 0, 2], [0, 0, 0, 2]]
     assert torch.equal(prob_maps_of(dropped, prediction), maps[[0, 2]])
+
+
+@pytest.mark.parametrize("tag_mode", ["restrict", "drop"])
+def test_every_extension_on_at_once_trains(sam_cache, tmp_path, tag_mode):
+    """SAM refinement with PWA, image tags and dense CLIP guidance together (the extensions touch
+    the same teacher call and the same loss dict): each contributes its loss or statistics, the
+    weight maps still match their targets after the tags' segment changes, and the losses are finite."""
+    write_oracle_labels(with_panoptic_ground_truth(UNLABELED), sam_cache)  # every unlabeled image
+    cfg = engine_cfg(tmp_path, **{
+        "DATASETS.TRAIN_UNLABELED": ("dearli_shapes_train_unlabeled_tagged",),
+        "SSL.SAM_REFINE.ENABLED": True, "SSL.SAM_REFINE.PWA.ENABLED": True, "SSL.SAM_REFINE.APPLY_TO_STUFF": True,
+        "SSL.SAM_REFINE.LABEL_DIR": sam_cache, "INPUT.UNLABELED.CUTMIX_PROB": 1.0,
+        "SSL.IMAGE_TAGS.ENABLED": True, "SSL.IMAGE_TAGS.TEACHER_MODE": tag_mode,
+        "SSL.DENSE_CLIP_GUIDANCE.ENABLED": True, "SSL.DENSE_CLIP_GUIDANCE.THRESHOLD": 0.0,
+    })
+    seen, losses = [], []
+
+    def record(trainer):
+        forward = trainer.model.forward
+
+        def recorded(inputs):
+            seen.append(inputs)
+            out = forward(inputs)
+            losses.append({k: float(v.detach()) for k, v in out.items()})
+            return out
+        trainer.model.forward = recorded
+
+    trainer = train(cfg, before_train=record)
+    assert len(seen) == 2
+    for inputs in seen:
+        for sample in inputs["pseudo_labeled"]:
+            assert sample["mask_weights"].shape == sample["instances"].gt_masks.shape
+        # CUTMIX_PROB 1: every sample is boxed, so its tag terms are negatives only (classes absent
+        # from both tagged images), never a positive.
+        with_terms = [s for s in inputs["pseudo_labeled"] if s.get("tag_targets") is not None]
+        assert with_terms and not any(s["tag_targets"][s["tag_weights"] > 0].any() for s in with_terms)
+    for step in losses:
+        assert "loss_tag" in step and "loss_dense_clip" in step
+        assert all(np.isfinite(v) for v in step.values())
+    assert trainer.storage.latest()["ssl/sam_refine/refined_views"][0] == 4
