@@ -23,8 +23,10 @@ Presets (options given on the command line win over them):
              iterations, 2 evaluations per stage. shapes (every row on the tiny CLIP trained here,
              configs/shapes/tiny_dear_clip.yaml): supervised-only | mean teacher (alpha 0: the
              zero-shot ensemble off) | DEAR (alpha 0.4) | DEARLi (+ the class-agnostic warm-up on the
-             tiny SAM's masks) | DEARLi on oracle proposals (upper bound). camvid (--datasets camvid):
-             supervised-only | mean teacher, on the benchmark's tiny config.
+             tiny SAM's masks) | DEARLi on oracle proposals (upper bound); the optional extensions:
+             DEAR + class definitions | + dense CLIP guidance | + tags on half the unlabeled images
+             (dear_definitions, dear_dense, dear_tags), DEARLi + SAM refinement (dearli_refined).
+             camvid (--datasets camvid): supervised-only | mean teacher, on the benchmark's tiny config.
 Equal iterations from the same start (ablation): every row gets the same supervised burn-in and the
 same branch iterations; the Li rows first run the class-agnostic warm-up (--warmup-iters), then
 that same burn-in from the warm-up's weights, then their branch. The warm-up is the component under
