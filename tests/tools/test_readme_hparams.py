@@ -7,6 +7,7 @@ run (config file, recipe, row overrides, budget). Every key on which a CPU run d
 paper must have a row, or be listed in the paragraph after the table (keys that only name files or
 keep the run). Config loading only: no model is built.
 """
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -262,6 +263,24 @@ def test_a_stale_table_is_reported(readme, configs, old, new, expected):
     else:
         stale = readme.replace(old, new)
     assert any(problem.startswith(expected) for problem in check(stale, configs)), check(stale, configs)
+
+
+def exponent(value: float) -> str:
+    """0.002 -> '2e-3', as the table writes learning rates."""
+    return f"{value:.0e}".replace("e-0", "e-")
+
+
+def test_tiny_model_settings_are_those_of_their_weight_manifests(readme):
+    """The training settings quoted for the tiny CLIP and tiny SAM are those recorded with their weights."""
+    cells = {r.key: r.cells["shapes: ablation"] for r in parse_rows(readme) if r.key}
+    clip = json.loads((REPO / "dearli" / "weights" / "dearli_convnext_tiny_shapes.json").read_text())["settings"]
+    assert (f"{clip['steps']} steps of {clip['scenes_per_step']} scenes, AdamW {exponent(clip['lr'])}, weight decay "
+            f"{clip['weight_decay']:g}, {clip['warmup_steps']} warm-up steps, seed {clip['seed']}") \
+        in cells["MODEL.OPEN_CLIP.PRETRAINED"]
+    sam = json.loads((REPO / "dearli" / "weights" / "dearli_tiny_sam_shapes.json").read_text())["settings"]
+    assert (f"{sam['steps']} steps of {sam['images_per_step']} scenes, AdamW {exponent(sam['lr'])}, weight decay "
+            f"{sam['weight_decay']:g}, {sam['warmup_steps']} warm-up steps, focal : dice "
+            f"{sam['focal_weight']:g} : {sam['dice_weight']:g}") in cells["SAM.MODEL_TYPE"]
 
 
 def test_a_row_equal_to_the_paper_is_reported(readme, configs):
