@@ -5,24 +5,20 @@ prompt encoder, two-way-transformer mask decoder with 3 multimask outputs and an
 ~0.4M parameters and 128-px inputs, so the real ``SamAutomaticMaskGenerator`` runs end to end on
 one CPU core. Its patch size is 8 (16 for the real models): the synthetic scenes it is trained on
 (``tools/pretrain_tiny_sam.py``) are 96 px with shapes ~10 px across, and a 16x16 embedding grid
-keeps their masks resolvable. Built without a checkpoint the weights are random and the masks
+keeps their masks resolvable. The position encoding of points and image is SAM's own (random
+Fourier features, scale 1). Built without a checkpoint the weights are random and the masks
 noise; the weights trained here ship as ``dearli/weights/dearli_tiny_sam_shapes.safetensors``.
 """
 from functools import partial
 
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 
 TINY_MODEL_TYPE = "dearli_tiny"
 TINY_IMAGE_SIZE = 128  # SAM resizes the longest image side to this (1024 for the real models)
 _PATCH_SIZE = 8
 _ENCODER_DIM = 64
 _PROMPT_DIM = 48  # image-embedding channels = prompt / mask-decoder width
-# Frequency scale of the random Fourier position encoding shared by points and image (1 in SAM). At
-# 1 its kernel is about half an image wide, too blunt to tell a 10-px shape from its neighbour on a
-# 16x16 grid for a decoder trained from scratch in minutes; 8 narrows it to a few grid cells.
-_POSITION_ENCODING_SCALE = 8.0
 # Same ImageNet statistics as segment_anything's builders (pixel values 0..255).
 _PIXEL_MEAN = [123.675, 116.28, 103.53]
 _PIXEL_STD = [58.395, 57.12, 57.375]
@@ -74,5 +70,4 @@ def build_tiny_sam(seed=0):
             pixel_mean=_PIXEL_MEAN,
             pixel_std=_PIXEL_STD,
         )
-        sam.prompt_encoder.pe_layer = PositionEmbeddingRandom(_PROMPT_DIM // 2, scale=_POSITION_ENCODING_SCALE)
     return sam.eval()

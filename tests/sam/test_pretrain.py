@@ -16,8 +16,9 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tools"))
 import pretrain_tiny_sam as tool  # noqa: E402
 
-# A few cheap steps: one image, two points and one box per step.
-TINY = PretrainSettings(steps=4, images_per_step=1, points_per_image=2, boxes_per_image=1, warmup_steps=2)
+# A few cheap steps: one localisation step, then one image, two points and one box per step.
+TINY = PretrainSettings(steps=4, localization_steps=1, images_per_step=1, points_per_image=2, boxes_per_image=1,
+                        warmup_steps=2)
 
 
 def _state(model):
@@ -86,6 +87,33 @@ def test_only_the_best_of_three_masks_gets_mask_loss_and_the_iou_head_learns_eve
     assert mask_loss.item() == pytest.approx(exact.item(), rel=1e-6)
     # actual IoUs 0, 1, 0.5 -> MSE against 0.5 each
     assert iou_loss.item() == pytest.approx(((0.5 - 0) ** 2 + (0.5 - 1) ** 2 + 0) / 3)
+
+
+def test_localization_target_is_the_disk_around_each_click():
+    r = pretrain.LOCALIZATION_RADIUS
+    disks = pretrain.localization_target(32, np.array([[10.5, 12.5], [20.0, 20.0]]))
+    assert disks.shape == (2, 32, 32) and disks.dtype == bool
+    # a click on a pixel centre: the pixels whose centres lie strictly within r of it (109 at r = 6)
+    expected = sum(dx * dx + dy * dy < r * r for dx in range(-r, r + 1) for dy in range(-r, r + 1))
+    assert disks[0].sum() == expected == 109
+    assert disks[0, 12, 10] and disks[0, 12, 10 + r - 1] and not disks[0, 12, 10 + r]
+    # a click on a pixel corner: centres at half-integer offsets, and the disk is point-symmetric about it
+    expected = sum((dx + 0.5) ** 2 + (dy + 0.5) ** 2 < r * r for dx in range(-r - 1, r + 1) for dy in range(-r - 1, r + 1))
+    assert disks[1].sum() == expected
+    around = disks[1][8:32, 8:32]  # pixels 8..31 mirror onto 31..8 about the corner at 20
+    assert np.array_equal(around, around[::-1, ::-1])
+
+
+def test_localization_steps_come_first_and_show_noise_not_scenes(monkeypatch):
+    def no_scene(*args):
+        raise AssertionError("scene rendered")
+
+    monkeypatch.setattr(pretrain, "render_scene", no_scene)
+    model, _ = pretrain.build_training(TINY)
+    total, values = pretrain.step_loss(model, TINY, 0)  # step 0 < localization_steps: a noise image
+    assert total.requires_grad and 0.0 <= values["mask_iou"] <= 1.0
+    with pytest.raises(AssertionError, match="scene rendered"):
+        pretrain.step_loss(model, TINY, 1)  # the first scene step
 
 
 def test_learning_rate_warms_up_then_decays_to_zero():

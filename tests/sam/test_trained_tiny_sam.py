@@ -23,9 +23,11 @@ import generate_sam_pseudolabels as generation_tool  # noqa: E402
 
 CONFIG = REPO / "configs" / "shapes" / "tiny_sam_warmup.yaml"
 VAL_IMAGES = 4
-# All segments at IoU >= 0.5. The trained model finds mostly the stuff regions (35 % of all val
-# segments, README); random weights find none at the config's thresholds.
-RECALL_FLOOR = 0.25
+# Segments matched at IoU >= 0.5. The issue's target is 60 % of all segments; the trained model
+# recalls 90 % of the 24 val images' segments and 82 % of their shapes (README); random weights find
+# none at the config's thresholds. The shapes floor keeps a model that finds only the two stuff
+# regions per image (the previous recipe's 4 % of shapes) from passing.
+RECALL_FLOOR, THING_RECALL_FLOOR = 0.6, 0.5
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,7 @@ def _generate_and_measure(val_subset, output, checkpoint):
 
 def test_trained_tiny_sam_recalls_the_ground_truth_segments(val_subset, tmp_path):
     counts, label_dir = _generate_and_measure(val_subset, tmp_path, TRAINED_TINY_SAM)
-    assert counts.recall >= RECALL_FLOOR, counts.summary()
+    assert counts.recall >= RECALL_FLOOR and counts.recall_things >= THING_RECALL_FLOOR, counts.summary()
     assert counts.recall_stuff >= 0.5 and counts.precision >= 0.5, counts.summary()
     manifest = json.loads(manifest_path(TRAINED_TINY_SAM).read_text())
     assert read_meta(label_dir)["checkpoint_sha256"] == manifest["sha256"]

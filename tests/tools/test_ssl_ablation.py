@@ -176,7 +176,7 @@ def test_summary_pairs_every_branch_with_supervised_only(tiny_run):
 @pytest.fixture
 def sam_stage(tmp_path):
     """A warm-up config reading tiny-SAM labels of the 8 tiny training images from a missing folder."""
-    label_dir = tmp_path / "labels" / "dearli_tiny" / "points_per_side_16_pred_iou_thresh_0.1_stability_score_thresh_0"
+    label_dir = tmp_path / "labels" / "dearli_tiny" / "points_per_side_16_pred_iou_thresh_0.5_stability_score_thresh_0.8"
     return load_config(SAM_WARMUP, ["DATASETS.TRAIN", f"('{PREFIX}_sam_train',)", "SAM.LABEL_DIR", str(label_dir)])
 
 
@@ -195,7 +195,7 @@ def test_missing_sam_labels_run_the_generator_and_fail_clearly_if_it_leaves_gaps
     assert commands[0][1:] == [bench.GENERATOR, "--dataset", f"{PREFIX}_sam_train", "--output",
                                os.path.dirname(os.path.dirname(label_dir)), "--model-type", "dearli_tiny", "--checkpoint",
                                "dearli/weights/dearli_tiny_sam_shapes.safetensors", "--points-per-side", "16",
-                               "--pred-iou-thresh", "0.1", "--stability-score-thresh", "0.0", "--threads", "1", "--no-progress"]
+                               "--pred-iou-thresh", "0.5", "--stability-score-thresh", "0.8", "--threads", "1", "--no-progress"]
     assert "8 of 8 images have no pseudo-label in" in capsys.readouterr().out
 
 
@@ -215,7 +215,7 @@ def test_complete_sam_labels_are_not_regenerated(sam_stage, monkeypatch):
 def test_a_label_folder_the_generator_cannot_write_is_refused(sam_stage):
     cfg = sam_stage.clone()
     cfg.SAM.LABEL_DIR = os.path.join(os.path.dirname(cfg.SAM.LABEL_DIR), "my_labels")
-    settings = "dearli_tiny/points_per_side_16_pred_iou_thresh_0.1_stability_score_thresh_0"
+    settings = "dearli_tiny/points_per_side_16_pred_iou_thresh_0.5_stability_score_thresh_0.8"
     with pytest.raises(SystemExit, match=f"is not <root>/{settings}"):
         bench.prepare_sam_labels(cfg, threads=1)
 
