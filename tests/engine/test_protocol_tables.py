@@ -39,8 +39,16 @@ def test_ablation_rows_and_their_starts():
     assert [s.name for s in ABLATION_SHAPES.compared] == [
         "mean_teacher", "dear", "dear_definitions", "dear_dense", "dear_tags", "dearli", "dearli_refined", "dearli_oracle"]
     assert [s.name for s in ABLATION_CAMVID.compared] == ["mean_teacher"]
-    # The benchmark and the demo keep the classic three stages.
+    # The benchmark keeps the classic three stages; the demo runs DEARLi's path on shapes, with the
+    # ablation's own warm-up, burn-in and DEARLi stages and a supervised-only branch from the same start.
     assert TABLES["benchmark"]["shapes"] is TABLES["demo"]["camvid"] is protocol.CLASSIC
+    demo = TABLES["demo"]["shapes"]
+    assert [(s.name, s.role, s.start, s.semi_supervised) for s in demo.stages] == [
+        ("sam_warmup", WARM_UP, None, False), ("sam_burn_in", BURN_IN, "sam_warmup", False),
+        ("supervised_only", BRANCH, "sam_burn_in", False), ("dearli", BRANCH, "sam_burn_in", True)]
+    assert all(demo.stage(name) is ABLATION_SHAPES.stage(name) for name in ("sam_warmup", "sam_burn_in", "dearli"))
+    assert demo.stage("supervised_only").config_file == ABLATION_SHAPES.stage("dear").config_file
+    assert demo.stage("supervised_only").overrides == ()  # alpha 0.4, as DEARLi at inference
     assert [s.name for s in protocol.STAGES] == ["burn_in", "supervised_only", "semi_supervised"]
 
 

@@ -28,8 +28,10 @@ def tiny_shapes(tmp_path_factory):
 
 
 def argv(output_dir, *extra, seeds=("1",)):
-    """A demo-preset run of 4 + 4 iterations, checkpoints every 2, on the tiny shapes set."""
-    return ["--preset", "demo", "--burn-in-iters", "4", "--branch-iters", "4", "--checkpoint-period", "2",
+    """A benchmark-preset run on shapes of 4 + 4 iterations, one evaluation per stage, checkpoints
+    every 2, on the tiny shapes set."""
+    return ["--preset", "benchmark", "--datasets", "shapes", "--evals-per-stage", "1",
+            "--burn-in-iters", "4", "--branch-iters", "4", "--checkpoint-period", "2",
             "--workers", "0", "--visuals", "0", "--output-dir", str(output_dir), *extra, "--seeds", *seeds,
             "SOLVER.IMS_PER_BATCH", "2",
             "DATASETS.TRAIN", f"('{PREFIX}_train_labeled',)", "DATASETS.TRAIN_UNLABELED", f"('{PREFIX}_train_unlabeled',)",
@@ -180,7 +182,7 @@ def test_summary_covers_every_finished_seed_in_the_folder(tmp_path, capsys):
          - now["supervised_only"]["teacher"]["sem_seg"]["mIoU"]]))
     assert summary["differences"]["semi_supervised"]["student"]["mIoU"]["std"] == pytest.approx(statistics.stdev(differences))
     out, err = capsys.readouterr()
-    assert out.startswith("Preset demo: shapes, seeds [2]") and f"Logs: {tmp_path}/log.txt" in out
+    assert out.startswith("Preset benchmark: shapes, seeds [2]") and f"Logs: {tmp_path}/log.txt" in out
     assert "| burn-in (shared start) | student | 1, 2 |" in out
     for stage in ("burn-in (shared start)", "supervised-only", "semi-supervised"):
         assert f"shapes seed 2 {stage}: 100%|" in err and "4/4 [" in err  # the bars, with ETA fields
@@ -240,10 +242,13 @@ def test_presets_and_overrides(tmp_path, monkeypatch):
     (tmp_path / "camvid" / "train").mkdir(parents=True)
     monkeypatch.setenv("DEARLI_CAMVID", str(tmp_path / "camvid"))
     demo = bench.parse_args(["--preset", "demo", "--seeds", "4", "5", "SOLVER.BASE_LR", "0.01"])
-    assert (demo.datasets, demo.seeds, demo.burn_in_iters, demo.branch_iters, demo.visuals) == (["shapes"], [4, 5], 1500, 800, 3)
+    assert (demo.datasets, demo.seeds, demo.warmup_iters, demo.burn_in_iters, demo.branch_iters, demo.visuals) == (
+        ["shapes"], [4, 5], 300, 500, 400, 3)
     assert demo.opts == ["SOLVER.BASE_LR", "0.01"] and demo.threads == 1
-    cfg = bench.stage_config_factory(demo)("shapes", 4, "semi_supervised")
+    cfg = bench.stage_config_factory(demo)("shapes", 4, "dearli")  # DEARLi's path: tiny CLIP, from the warm-up
     assert (cfg.SOLVER.BASE_LR, cfg.SOLVER.IMS_PER_BATCH, cfg.MODEL.TEACHER.EMA_DECAY, cfg.SEED) == (0.01, 4, 0.99, 4)
+    assert cfg.MODEL.CLIP_HEAD.ENSEMBLE_ALPHA == 0.4 and cfg.MODEL.CLIP_HEAD.CLASS_EMBEDDING == "text"
+    assert cfg.MODEL.WEIGHTS.endswith("shapes/seed4/sam_burn_in/model_final.pth") and cfg.SOLVER.MAX_ITER == 400
     benchmark = bench.parse_args(["--burn-in-iters", "7"])
     assert (benchmark.datasets, benchmark.seeds, benchmark.burn_in_iters, benchmark.evals_per_stage) == (
         ["shapes", "camvid"], [1, 2, 3], 7, 4)
