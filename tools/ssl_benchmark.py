@@ -18,8 +18,8 @@ paired difference of every branch minus supervised-only.
 
 Presets (options given on the command line win over them):
   benchmark  shapes and CamVid 1/8, seeds 1 2 3, 2000 + 4000 iterations, 4 evaluations per stage;
-  demo       `make demo`: DEARLi's path on shapes, seed 1: the tiny SAM's labels, 300 warm-up + 500
-             burn-in iterations, then supervised-only | DEARLi, 400 iterations each, pictures in visuals/;
+  demo       `make demo`: DEARLi's path on shapes, seed 1: the tiny SAM's labels, 200 warm-up + 400
+             burn-in iterations, then supervised-only | DEARLi, 300 iterations each, pictures in visuals/;
   ablation   DEARLi's ablation in miniature, seeds 1 2 3, 300 warm-up + 600 burn-in + 600 branch
              iterations, 2 evaluations per stage. shapes (every row on the tiny CLIP trained here,
              configs/shapes/tiny_dear_clip.yaml): supervised-only | mean teacher (alpha 0: the
@@ -100,7 +100,7 @@ PRESETS = {
                   "branch_iters": 4000, "evals_per_stage": 4, "visuals": 0,
                   "output_dir": os.path.join(REPO, "output", "ssl_benchmark")},
     # Sized to fit 10 minutes of one core, the tiny SAM's labels of the 224 training images included.
-    "demo": {"datasets": ["shapes"], "seeds": [1], "warmup_iters": 300, "burn_in_iters": 500, "branch_iters": 400,
+    "demo": {"datasets": ["shapes"], "seeds": [1], "warmup_iters": 200, "burn_in_iters": 400, "branch_iters": 300,
              "evals_per_stage": 1, "visuals": 3, "output_dir": os.path.join(REPO, "output", "demo")},
     # Budget: 3 shapes seeds in about an hour on 2 cores (see the docstring's measurement).
     "ablation": {"datasets": ["shapes"], "seeds": [1, 2, 3], "warmup_iters": 300, "burn_in_iters": 600,

@@ -243,12 +243,12 @@ def test_presets_and_overrides(tmp_path, monkeypatch):
     monkeypatch.setenv("DEARLI_CAMVID", str(tmp_path / "camvid"))
     demo = bench.parse_args(["--preset", "demo", "--seeds", "4", "5", "SOLVER.BASE_LR", "0.01"])
     assert (demo.datasets, demo.seeds, demo.warmup_iters, demo.burn_in_iters, demo.branch_iters, demo.visuals) == (
-        ["shapes"], [4, 5], 300, 500, 400, 3)
+        ["shapes"], [4, 5], 200, 400, 300, 3)
     assert demo.opts == ["SOLVER.BASE_LR", "0.01"] and demo.threads == 1
     cfg = bench.stage_config_factory(demo)("shapes", 4, "dearli")  # DEARLi's path: tiny CLIP, from the warm-up
     assert (cfg.SOLVER.BASE_LR, cfg.SOLVER.IMS_PER_BATCH, cfg.MODEL.TEACHER.EMA_DECAY, cfg.SEED) == (0.01, 4, 0.99, 4)
     assert cfg.MODEL.CLIP_HEAD.ENSEMBLE_ALPHA == 0.4 and cfg.MODEL.CLIP_HEAD.CLASS_EMBEDDING == "text"
-    assert cfg.MODEL.WEIGHTS.endswith("shapes/seed4/sam_burn_in/model_final.pth") and cfg.SOLVER.MAX_ITER == 400
+    assert cfg.MODEL.WEIGHTS.endswith("shapes/seed4/sam_burn_in/model_final.pth") and cfg.SOLVER.MAX_ITER == 300
     benchmark = bench.parse_args(["--burn-in-iters", "7"])
     assert (benchmark.datasets, benchmark.seeds, benchmark.burn_in_iters, benchmark.evals_per_stage) == (
         ["shapes", "camvid"], [1, 2, 3], 7, 4)
