@@ -19,7 +19,9 @@ CamVid (11 classes, 360x480) is registered from ``$DEARLI_CAMVID`` or
 split ``camvid_train_1_8_labeled`` (the ``round(N/8)`` label files chosen by
 ``numpy.random.default_rng(0)`` among the sorted stems; 46 of 367) with
 ``camvid_train_1_8_unlabeled`` (the others, image-only) and ``camvid_train_1_8_unlabeled_tagged``
-(the same images with tags derived from their ground truth, :mod:`.tagged`).
+(the same images with tags derived from their ground truth, :mod:`.tagged`). The labeled split has
+its own panoptic json (``<cache>/semantic/camvid_train_1_8_labeled/panoptic.json``), so it can be
+evaluated (PQ and mIoU on the training images, e.g. for a train-vs-val gap).
 """
 import os
 from dataclasses import dataclass
