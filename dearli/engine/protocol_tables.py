@@ -71,9 +71,9 @@ ABLATION_SHAPES = Table((
           config_file=DEARLI_FROM_SAM, short="DEARLi oracle"),
 ))
 # CamVid has no CLIP trained for it: the random tiny CLIP (alpha 0), TRAINED from scratch
-# (tiny_capacity.yaml). The benchmark's frozen-trunk config underfits the 46 labeled images
-# (README "CamVid with enough capacity to overfit"), so its rows could only show pseudo-label noise;
-# its supervised-only vs semi-supervised results are the multi-seed benchmark's.
+# (tiny_capacity.yaml): the benchmark's frozen-trunk config underfits the 46 labeled images, and its
+# supervised-only vs semi-supervised results are the multi-seed benchmark's (README "CamVid with
+# enough capacity to overfit", which also measures how far the trainable trunk fits them).
 CAMVID_CAPACITY = os.path.join(CONFIGS, "camvid", "tiny_capacity.yaml")
 ABLATION_CAMVID = Table((
     Stage("burn_in", "burn-in (shared start)", BURN_IN, config_file=CAMVID_CAPACITY),
