@@ -27,7 +27,9 @@ Presets (options given on the command line win over them):
              tiny SAM's masks) | DEARLi on oracle proposals (upper bound); the optional extensions:
              DEAR + class definitions | + dense CLIP guidance | + tags on half the unlabeled images
              (dear_definitions, dear_dense, dear_tags), DEARLi + SAM refinement (dearli_refined).
-             camvid (--datasets camvid): supervised-only | mean teacher, on the benchmark's tiny config.
+             camvid (--datasets camvid): supervised-only | mean teacher, on the tiny config with the
+             tiny ConvNeXt trained from scratch (configs/camvid/tiny_capacity.yaml: the benchmark's
+             frozen-trunk config underfits the 46 labeled images).
 Equal iterations from the same start (ablation): every row gets the same supervised burn-in and the
 same branch iterations; the Li rows first run the class-agnostic warm-up (--warmup-iters), then
 that same burn-in from the warm-up's weights, then their branch. The warm-up is the component under

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
@@ -271,3 +272,30 @@ def test_camvid_one_eighth_split_is_deterministic_and_disjoint(tmp_path, shared_
     assert all(set(r) == {"file_name", "image_id", "height", "width"} for r in unlabeled)
     meta = MetadataCatalog.get("tiny_train_1_8_unlabeled")
     assert meta.thing_dataset_id_to_contiguous_id == {}
+
+
+def test_camvid_labeled_split_is_evaluable_with_pq_over_its_own_images(tmp_path, shared_data):
+    # The split's records must carry their own panoptic json: PQ is computed over the json's images,
+    # so with the 16-image source json, 2 predictions would be refused ("no prediction for 14 ...").
+    from dearli.evaluation import PerClassPanopticEvaluator
+
+    copy_camvid_subset(shared_data, tmp_path / "src", 16)
+    source = register_semantic_dataset("tiny_train", str(tmp_path / "src/images"),
+                                       str(tmp_path / "src/labels"), CAMVID_CLASSES, 11,
+                                       cache_dir=str(tmp_path / "cache" / "tiny_train"))
+    register_semantic_split("tiny_train_1_8", source, 1 / 8, seed=0)
+    labeled = DatasetCatalog.get("tiny_train_1_8_labeled")
+    split_json = read_json(MetadataCatalog.get("tiny_train_1_8_labeled").panoptic_json)
+    assert sorted(image["id"] for image in split_json["images"]) == sorted(r["image_id"] for r in labeled)
+    assert [a["image_id"] for a in split_json["annotations"]] == [i["id"] for i in split_json["images"]]
+    assert MetadataCatalog.get("tiny_train_1_8_unlabeled").panoptic_json == str(tmp_path / "cache/tiny_train/panoptic.json")
+
+    evaluator = PerClassPanopticEvaluator("tiny_train_1_8_labeled", str(tmp_path / "eval"))
+    evaluator.reset()
+    for record in labeled:  # the ground truth as the prediction: PQ, SQ, RQ 100
+        ids = read_panoptic_ids(record["pan_seg_file_name"], record["segments_info"])
+        segments = [{"id": s["id"], "category_id": s["category_id"], "isthing": False} for s in record["segments_info"]]
+        evaluator.process([{"file_name": record["file_name"], "image_id": record["image_id"]}],
+                          [{"panoptic_seg": (torch.from_numpy(ids), segments)}])
+    results = evaluator.evaluate()["panoptic_seg"]
+    assert (results["PQ"], results["SQ"], results["RQ"]) == (100.0, 100.0, 100.0)

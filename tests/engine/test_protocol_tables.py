@@ -1,9 +1,11 @@
 """Protocol tables: row validation, the ablation table's layout, and its summary math on hand-made numbers."""
+import os
 import statistics
+from dataclasses import replace
 
 import pytest
 
-from dearli.engine import protocol, protocol_summary
+from dearli.engine import protocol, protocol_summary, protocol_tables
 from dearli.engine.protocol import BRANCH, BURN_IN, WARM_UP, Stage, Table
 from dearli.engine.protocol_tables import ABLATION_CAMVID, ABLATION_SHAPES, TABLES
 
@@ -70,6 +72,26 @@ def test_extension_rows_differ_from_dear_only_in_their_extension(tmp_path):
             node = node[part]
         assert node == value, name
         assert row.OUTPUT_DIR != dear.OUTPUT_DIR and row.MODEL.WEIGHTS == dear.MODEL.WEIGHTS  # same start
+
+
+def flat(node, prefix=""):
+    """{"A.B.C": value} of a config node."""
+    items = {}
+    for key, value in node.items():
+        items.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+    return items
+
+
+def test_camvid_ablation_rows_differ_from_the_benchmark_only_in_the_trainable_trunk(tmp_path):
+    # Every CamVid row runs configs/camvid/tiny_capacity.yaml: the benchmark's CamVid config (the
+    # frozen random trunk) with the trunk trained from scratch at the decoder's LR, nothing else.
+    camvid = os.path.join(protocol_tables.CONFIGS, "camvid", "tiny_dearli.yaml")
+    budget = protocol.Budget(burn_in_iters=4, branch_iters=4)
+    for stage in ABLATION_CAMVID.stages:
+        row = flat(protocol.stage_config(camvid, [], str(tmp_path), "camvid", 1, stage, budget))
+        frozen = flat(protocol.stage_config(camvid, [], str(tmp_path), "camvid", 1, replace(stage, config_file=None), budget))
+        assert {k: (frozen[k], row[k]) for k in row if row[k] != frozen[k]} == {
+            "MODEL.OPEN_CLIP.FREEZE": (True, False), "SOLVER.BACKBONE_MULTIPLIER": (0.1, 1.0)}, stage.name
 
 
 def test_budget_per_role_and_no_evaluation_in_a_warm_up():

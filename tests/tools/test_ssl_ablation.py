@@ -241,3 +241,4 @@ def test_camvid_rows_of_the_ablation_have_no_warm_up(tmp_path, monkeypatch):
     cfg = bench.stage_config_factory(args)("camvid", 1, "mean_teacher")
     assert (cfg.DATASETS.TRAIN, cfg.SSL.ENABLED, cfg.SOLVER.MAX_ITER) == (("camvid_train_1_8_labeled",), True, 600)
     assert cfg.MODEL.WEIGHTS.endswith(os.path.join("camvid", "seed1", "burn_in", "model_final.pth"))
+    assert (cfg.MODEL.OPEN_CLIP.FREEZE, cfg.SOLVER.BACKBONE_MULTIPLIER) == (False, 1.0)  # tiny_capacity.yaml

@@ -19,7 +19,9 @@ CamVid (11 classes, 360x480) is registered from ``$DEARLI_CAMVID`` or
 split ``camvid_train_1_8_labeled`` (the ``round(N/8)`` label files chosen by
 ``numpy.random.default_rng(0)`` among the sorted stems; 46 of 367) with
 ``camvid_train_1_8_unlabeled`` (the others, image-only) and ``camvid_train_1_8_unlabeled_tagged``
-(the same images with tags derived from their ground truth, :mod:`.tagged`).
+(the same images with tags derived from their ground truth, :mod:`.tagged`). The labeled split has
+its own panoptic json (``<cache>/semantic/camvid_train_1_8_labeled/panoptic.json``), so it can be
+evaluated (PQ and mIoU on the training images, e.g. for a train-vs-val gap).
 """
 import os
 from dataclasses import dataclass
@@ -199,16 +201,37 @@ def choose_labeled_stems(stems, fraction, seed):
     return {ordered[i] for i in chosen.tolist()}
 
 
+def subset_panoptic_json(json_info, image_ids):
+    """The panoptic json restricted to ``image_ids`` (images and annotations; categories kept)."""
+    keep = set(image_ids)
+    return dict(json_info, images=[image for image in json_info["images"] if image["id"] in keep],
+                annotations=[ann for ann in json_info["annotations"] if ann["image_id"] in keep])
+
+
 def register_semantic_split(prefix, source, fraction, seed, colors=None, prompt_file=None):
-    """Register ``<prefix>_labeled`` (a seeded ``fraction`` of ``source``) and ``_unlabeled``."""
+    """Register ``<prefix>_labeled`` (a seeded ``fraction`` of ``source``) and ``_unlabeled``.
+
+    The labeled split gets its own panoptic json (``<cache>/semantic/<prefix>_labeled/panoptic.json``,
+    written when its records are loaded, i.e. before any evaluation of it): PQ is computed over the
+    json's images, so with the whole source's json the split could not be evaluated (e.g. the
+    train-vs-val gap of a model trained on it). The unlabeled split keeps the source's json, which
+    the pseudo-label quality reads its withheld ground truth from."""
     category_metadata, metadata = semantic_metadata(source, colors, prompt_file)
+    labeled_json = os.path.join(os.path.dirname(source.cache_dir), f"{prefix}_labeled", "panoptic.json")
 
     def records(labeled):
         loaded = source.load(category_metadata)
         chosen = choose_labeled_stems([record_stem(r) for r in loaded], fraction, seed)
         return [r for r in loaded if (record_stem(r) in chosen) == labeled]
 
-    register_dataset(f"{prefix}_labeled", lambda: records(True), metadata)
+    def labeled_records():
+        chosen = records(True)
+        subset = subset_panoptic_json(read_json(source.paths["panoptic_json"]), [r["image_id"] for r in chosen])
+        if not os.path.isfile(labeled_json) or read_json(labeled_json) != subset:
+            atomic_write_json(labeled_json, subset)
+        return chosen
+
+    register_dataset(f"{prefix}_labeled", labeled_records, dict(metadata, panoptic_json=labeled_json))
     register_dataset(f"{prefix}_unlabeled", lambda: [image_only(r) for r in records(False)], metadata)
     register_tagged(f"{prefix}_unlabeled_tagged", lambda: records(False), metadata)
 
