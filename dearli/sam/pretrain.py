@@ -210,8 +210,13 @@ def localization_loss(model, settings, step):
     logits, iou_pred = _decode(model, embedding, transform, image.shape[:2], points=clicks)
     targets = torch.as_tensor(localization_target(size, clicks), dtype=torch.float32)
     mask_loss, iou_loss, best_iou = prompt_losses(logits, iou_pred, targets, settings)
+    return _total_and_values(mask_loss, iou_loss, best_iou.item(), settings)
+
+
+def _total_and_values(mask_loss, iou_loss, mean_best_iou, settings):
+    """(total loss, {name: float}) of a step's mask and IoU losses; the last value says how good the masks are."""
     total = mask_loss + settings.iou_weight * iou_loss
-    return total, {"loss": total.item(), "mask": mask_loss.item(), "iou": iou_loss.item(), "mask_iou": best_iou.item()}
+    return total, {"loss": total.item(), "mask": mask_loss.item(), "iou": iou_loss.item(), "mask_iou": mean_best_iou}
 
 
 def step_loss(model, settings, step):
@@ -236,10 +241,7 @@ def step_loss(model, settings, step):
             best_ious.append(best_iou * len(segments))
     prompt_count = settings.images_per_step * (settings.points_per_image + settings.boxes_per_image)
     mask_loss, iou_loss = torch.stack(mask_losses).sum() / prompt_count, torch.stack(iou_losses).sum() / prompt_count
-    total = mask_loss + settings.iou_weight * iou_loss
-    values = {"loss": total.item(), "mask": mask_loss.item(), "iou": iou_loss.item(),
-              "mask_iou": float(sum(best_ious)) / prompt_count}  # the last: how good the masks are
-    return total, values
+    return _total_and_values(mask_loss, iou_loss, float(sum(best_ious)) / prompt_count, settings)
 
 
 def learning_rate(settings, step):
