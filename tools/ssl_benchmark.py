@@ -11,10 +11,11 @@ The protocol (dearli/engine/protocol.py) runs a table of stages per dataset and 
 (dearli/engine/protocol_tables.py). benchmark: a supervised burn-in on the labeled images
 (the shared start), then from its final checkpoint two branches of equal iterations,
 supervised-only and semi-supervised (EMA-teacher pseudo-labels on the unlabeled images, CutMix,
-strong views). demo: the same two branches after DEARLi's warm-up and a burn-in (on shapes). The summary (summary.json / summary.md) gives student and teacher PQ/SQ/RQ/mIoU and
-per-class IoU, the pseudo-label quality at the end of each stage and its wall time, mean +- sample
-std over every seed finished in the output folder (also those of earlier invocations), and the
-paired difference of every branch minus supervised-only.
+strong views). demo: supervised-only and DEARLi from a burn-in after DEARLi's warm-up (on shapes).
+The summary (summary.json / summary.md) gives student and teacher PQ/SQ/RQ/mIoU and per-class
+IoU, the pseudo-label quality at the end of each stage and its wall time, mean +- sample std over
+every seed finished in the output folder (also those of earlier invocations), and the paired
+difference of every branch minus supervised-only.
 
 Presets (options given on the command line win over them):
   benchmark  shapes and CamVid 1/8, seeds 1 2 3, 2000 + 4000 iterations, 4 evaluations per stage;
@@ -36,8 +37,9 @@ that same burn-in from the warm-up's weights, then their branch. The warm-up is 
 test, added on top of an equal schedule as in the paper, never taken from the labeled or
 semi-supervised iterations; rows without it share one burn-in (alpha acts only at inference).
 Files it needs: the tiny SAM's pseudo-labels of the shapes training images
-(output/shapes/tiny_sam_labels/, dataset dearli_shapes_sam_train). The ablation generates missing
-ones first (resumable: tools/generate_sam_pseudolabels.py, the command is printed; about 4 min).
+(output/shapes/tiny_sam_labels/, dataset dearli_shapes_sam_train). The ablation and the demo
+generate missing ones first (resumable: tools/generate_sam_pseudolabels.py, the command is printed;
+about 3 min).
 Budget: measured 0.13 s per supervised, 0.16 per warm-up and 0.57 per semi-supervised iteration
 and 5 s per evaluation (1 thread, while two other trainings kept the 2 cores busy), so one shapes
 seed takes about 31 min; 3 seeds about 95 min in one process, or about 55 min (labels included) in
@@ -141,7 +143,8 @@ def parse_args(argv=None):
     parser.add_argument("--preset", choices=list(PRESETS), default="benchmark", help="defaults (see above)")
     parser.add_argument("--datasets", nargs="+", choices=list(DATASET_CONFIGS), help="datasets to train")
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds to train (SEED of every stage)")
-    parser.add_argument("--warmup-iters", type=int, help="iterations of the class-agnostic warm-up (ablation's Li rows)")
+    parser.add_argument("--warmup-iters", type=int,
+                        help="iterations of the class-agnostic warm-up (the ablation's Li rows, the demo)")
     parser.add_argument("--burn-in-iters", type=int, help="iterations of each supervised start")
     parser.add_argument("--branch-iters", type=int, help="iterations of each branch")
     parser.add_argument("--stages", nargs="+", help="run only these stages of the preset's tables (and the "
